@@ -1,0 +1,290 @@
+"""The one scaling decision, shared by the operator and the simulator.
+
+`decide(spec, observations, history)` is pure: no clock, no I/O. The operator feeds it what Prometheus and
+the Deployment show and writes the Decision to the cluster; the simulator feeds it what its fleet shows.
+So what the simulator measures is what the cluster gets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from inferencepool import forecast as fc
+from inferencepool.queueing import Queue, TargetUnreachable
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What a pool asks for: the SLO, the floor, the limits and the scaling behaviour."""
+
+    slo_metric: str = "wait"  # "wait" (queue wait) or "ttft" (queue wait + prefill)
+    slo_percentile: float | None = 0.99  # None: the SLO is on the mean
+    slo_target_seconds: float = 10.0
+    min_replicas: int = 1  # warm floor: never scaled below
+    max_replicas: int = 16
+    max_gpus: int | None = None  # GPU budget, over all replicas
+    gpus_per_replica: int = 1
+    slots_per_replica: int = 1  # requests one replica serves at once within its SLO
+    scale_down_window_seconds: float = 300.0
+    scale_down_max_step: int = 1  # replicas removed per decision at most
+    prediction: bool = True
+    prediction_horizon_seconds: float | None = None  # None: the measured cold start
+    default_cold_start_seconds: float = 180.0  # horizon while no cold start has been measured
+    forecast_quantile: float = 0.9  # size for this upper quantile of the forecast
+    max_metrics_age_seconds: float = 120.0  # older observations are stale: hold
+    gpu_hour_price: float = 0.0
+
+    @property
+    def replica_cap(self) -> int:
+        """The most replicas the limits allow: max replicas and the GPU budget."""
+        cap = self.max_replicas
+        if self.max_gpus is not None:
+            cap = min(cap, self.max_gpus // self.gpus_per_replica)
+        return max(cap, 0)
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the pool looks like now, as Prometheus and the Deployment show it.
+
+    None means "not known": a missing or NaN metric. Rates are per second, times in seconds.
+    """
+
+    time: float  # seconds on any monotonic clock (unix time in the operator, sim time in the simulator)
+    current_replicas: int  # the Deployment's spec.replicas
+    ready_replicas: int = 0
+    arrival_rate: float | None = None  # requests / s over the rate window
+    service_time: float | None = None  # mean seconds a slot is busy with one request
+    arrival_cv: float = 1.0  # coefficient of variation of inter-arrival times
+    service_cv: float = 1.0  # coefficient of variation of service times
+    prefill_time: float | None = None  # mean prefill seconds, for a TTFT SLO
+    waiting: float | None = None  # requests queued now
+    running: float | None = None  # requests being served now
+    unschedulable_replicas: int = 0  # pods Pending for lack of GPUs
+    cold_start_seconds: float | None = None  # measured pod creation -> Ready
+    metrics_age_seconds: float = 0.0  # how old the freshest sample is
+
+
+@dataclass(frozen=True)
+class History:
+    """What decide() carries from one call to the next; the operator keeps it in status."""
+
+    forecaster: fc.HoltState | None = None
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) inside the scale-down window
+    last_service_time: float | None = None
+    last_scale_time: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready, for the pool's status: a restarted operator resumes from it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> History:
+        """Read what to_dict wrote; anything unreadable starts afresh rather than failing the pool."""
+        if not data:
+            return cls()
+        try:
+            forecaster = data.get("forecaster")
+            return cls(
+                forecaster=fc.HoltState(**forecaster) if forecaster else None,
+                recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", ())),
+                last_service_time=data.get("last_service_time"),
+                last_scale_time=data.get("last_scale_time"),
+            )
+        except (TypeError, ValueError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A decision and everything needed to explain it in status, Events, logs and reports."""
+
+    replicas: int
+    previous_replicas: int
+    constraint: str  # what bound the answer: slo, warm_floor, max_replicas, gpu_budget, ...
+    reason: str  # the same words in status, the Event and the log line
+    history: History
+    required_replicas: int | None = None  # what the SLO alone needs, before floor and caps
+    planning_rate: float | None = None  # the arrival rate sized for (forecast upper quantile or observed)
+    horizon_seconds: float | None = None
+    forecast_rate: float | None = None  # the forecast's upper quantile over the horizon
+    utilization: float | None = None  # at `replicas`, with the observed rate
+    p_wait_exceeds: dict[int, float] = field(default_factory=dict)  # P(wait > target) at N-1, N, N+1
+    predicted_wait: float | None = None  # the SLO statistic of the wait at `replicas`
+    metrics_available: bool = True
+    saturated: bool = False
+    scaling_limited: bool = False
+
+    @property
+    def action(self) -> str:
+        if self.replicas > self.previous_replicas:
+            return "scale_up"
+        if self.replicas < self.previous_replicas:
+            return "scale_down"
+        return "hold"
+
+    def cost_per_hour(self, spec: PoolSpec) -> float:
+        return self.replicas * spec.gpus_per_replica * spec.gpu_hour_price
+
+
+def _usable(value: float | None) -> bool:
+    return value is not None and not math.isnan(value) and value >= 0
+
+
+def wait_target(spec: PoolSpec, obs: Observations) -> float:
+    """The queue-wait budget: the SLO itself, or for TTFT what is left after prefill."""
+    if spec.slo_metric == "ttft":
+        return spec.slo_target_seconds - (obs.prefill_time or 0.0)
+    return spec.slo_target_seconds
+
+
+def _servers_needed(spec: PoolSpec, queue: Queue, target: float, max_servers: int) -> int:
+    if target <= 0:
+        raise TargetUnreachable(f"prefill alone takes longer than the {spec.slo_target_seconds:g}s TTFT target")
+    if spec.slo_percentile is None:
+        return queue.servers_for_mean_wait(target, max_servers=max_servers)
+    return queue.servers_for_wait_quantile(target, spec.slo_percentile, max_servers=max_servers)
+
+
+def _slo_statistic(spec: PoolSpec, queue: Queue, servers: int) -> float:
+    if spec.slo_percentile is None:
+        return queue.mean_wait(servers)
+    return queue.wait_quantile(servers, spec.slo_percentile)
+
+
+def horizon(spec: PoolSpec, obs: Observations) -> float:
+    """How far ahead to look: a pod ordered now serves only after a cold start."""
+    if spec.prediction_horizon_seconds is not None:
+        return spec.prediction_horizon_seconds
+    if obs.cold_start_seconds is not None and obs.cold_start_seconds > 0:
+        return obs.cold_start_seconds
+    return spec.default_cold_start_seconds
+
+
+def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> Decision:
+    """The replica count for this pool now, and why.
+
+    Order of rules: metrics must be usable (else hold, never down); the SLO sizes the fleet for the
+    forecast's upper quantile over the cold-start horizon; the warm floor and the caps clamp it; pods that
+    cannot be scheduled stop further scale-up; scale-down waits out the stabilisation window and moves at
+    most `scale_down_max_step` at a time.
+    """
+    current = obs.current_replicas
+    floor, cap = spec.min_replicas, spec.replica_cap
+    service_time = obs.service_time if _usable(obs.service_time) and obs.service_time > 0 else None
+    if service_time is None and history.last_service_time is not None:
+        service_time = history.last_service_time  # no request finished this window: keep the last known
+    stale = obs.metrics_age_seconds > spec.max_metrics_age_seconds
+    rate_known = _usable(obs.arrival_rate)
+    if stale or not rate_known or (service_time is None and obs.arrival_rate > 0):
+        return _hold_for_metrics(spec, obs, history, stale, rate_known)
+
+    forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate)
+    history = replace(history, forecaster=forecaster, last_service_time=service_time)
+    planning_rate, forecast_rate, horizon_s = obs.arrival_rate, None, None
+    if spec.prediction:
+        horizon_s = horizon(spec, obs)
+        forecast_rate = fc.upper_peak(forecaster, horizon_s, spec.forecast_quantile)
+        planning_rate = max(obs.arrival_rate, forecast_rate)
+
+    slots = spec.slots_per_replica
+    target = wait_target(spec, obs)
+    saturated = False
+    if planning_rate == 0:
+        required = 0
+    else:
+        queue = Queue(planning_rate, service_time, obs.arrival_cv, obs.service_cv)
+        try:
+            required = math.ceil(_servers_needed(spec, queue, target, cap * slots) / slots)
+        except TargetUnreachable:
+            required, saturated = cap, True
+
+    wanted, constraint = required, "slo"
+    if wanted < floor:
+        wanted, constraint = floor, "warm_floor"
+    if wanted > cap:
+        wanted, constraint = cap, "gpu_budget" if cap < spec.max_replicas else "max_replicas"
+    if saturated and constraint == "slo":
+        constraint = "gpu_budget" if cap < spec.max_replicas else "max_replicas"
+
+    recommendations = tuple(
+        (t, r) for t, r in history.recommendations if t > obs.time - spec.scale_down_window_seconds
+    ) + ((obs.time, wanted),)
+    history = replace(history, recommendations=recommendations)
+
+    replicas, limited = wanted, False
+    if wanted > current and obs.unschedulable_replicas > 0:
+        replicas, constraint, limited = current, "unschedulable", True
+    elif wanted < current:
+        stabilised = max(r for _, r in recommendations)
+        if stabilised > wanted:
+            replicas, constraint = min(stabilised, current), "stabilization"
+        if replicas < current - spec.scale_down_max_step:
+            replicas, constraint = current - spec.scale_down_max_step, "max_step"
+        replicas = max(replicas, floor)
+
+    observed = Queue(obs.arrival_rate, service_time or 1.0, obs.arrival_cv, obs.service_cv)
+    saturated = saturated or observed.load >= cap * slots > 0
+    if replicas != current:
+        history = replace(history, last_scale_time=obs.time)
+    decision = Decision(
+        replicas=replicas,
+        previous_replicas=current,
+        constraint=constraint,
+        reason="",
+        history=history,
+        required_replicas=required,
+        planning_rate=planning_rate,
+        horizon_seconds=horizon_s,
+        forecast_rate=forecast_rate,
+        utilization=observed.load / (replicas * slots) if replicas else None,
+        p_wait_exceeds={
+            n: observed.prob_wait_exceeds(n * slots, max(target, 0.0)) for n in (replicas - 1, replicas, replicas + 1) if n > 0
+        },
+        predicted_wait=_slo_statistic(spec, observed, replicas * slots) if replicas else None,
+        saturated=saturated,
+        scaling_limited=limited,
+    )
+    return replace(decision, reason=explain(spec, obs, decision))
+
+
+def _hold_for_metrics(spec: PoolSpec, obs: Observations, history: History, stale: bool, rate_known: bool) -> Decision:
+    """Without usable metrics the pool holds; it may only rise to its warm floor."""
+    if stale:
+        why = f"metrics are {obs.metrics_age_seconds:.0f}s old (limit {spec.max_metrics_age_seconds:.0f}s)"
+    elif not rate_known:
+        why = "the arrival rate is missing or NaN"
+    else:
+        why = "the service time is missing and no earlier value is known"
+    replicas = max(obs.current_replicas, spec.min_replicas)
+    decision = Decision(
+        replicas=replicas,
+        previous_replicas=obs.current_replicas,
+        constraint="metrics_missing",
+        reason=f"holding at {replicas} replicas: {why}; never scaling down without metrics",
+        history=history if replicas == obs.current_replicas else replace(history, last_scale_time=obs.time),
+        metrics_available=False,
+    )
+    return decision
+
+
+def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
+    """One sentence that says what was decided and which rule bound it."""
+    slo = f"{'mean' if spec.slo_percentile is None else f'p{spec.slo_percentile * 100:g}'} {spec.slo_metric} <= {spec.slo_target_seconds:g}s"
+    demand = f"arrival {obs.arrival_rate:.3g}/s"
+    if d.forecast_rate is not None:
+        demand += f", forecast q{spec.forecast_quantile:g} peak {d.forecast_rate:.3g}/s over {d.horizon_seconds:.0f}s"
+    head = {"scale_up": "scale up", "scale_down": "scale down", "hold": "hold"}[d.action]
+    move = f"{head} {d.previous_replicas} -> {d.replicas}" if d.action != "hold" else f"hold at {d.replicas}"
+    why = {
+        "slo": f"{d.required_replicas} replicas meet {slo}",
+        "warm_floor": f"the SLO needs {d.required_replicas}, the warm floor is {spec.min_replicas}",
+        "max_replicas": f"the SLO needs more than the {spec.max_replicas} max replicas",
+        "gpu_budget": f"the GPU budget of {spec.max_gpus} allows {spec.replica_cap} replicas",
+        "unschedulable": f"the SLO wants {d.required_replicas} but {obs.unschedulable_replicas} pods are Pending for lack of GPUs",
+        "stabilization": f"the SLO needs {d.required_replicas}, the {spec.scale_down_window_seconds:.0f}s window still recommends more",
+        "max_step": f"scale-down is limited to {spec.scale_down_max_step} replica(s) per step",
+    }[d.constraint]
+    extra = " (saturated: demand exceeds the capped fleet)" if d.saturated else ""
+    return f"{move}: {why}; {demand}{extra}"

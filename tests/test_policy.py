@@ -1,0 +1,153 @@
+"""decide(): the one scaling rule shared by the operator and the simulator."""
+
+import json
+import math
+
+import pytest
+
+from inferencepool.policy import History, Observations, PoolSpec, decide
+from inferencepool.queueing import Queue
+
+SEED_RATE = 100 / 60  # 100 requests/min
+SEED_SERVICE = 15.0  # seconds: 25 Erlangs
+
+
+def reactive(**overrides) -> PoolSpec:
+    base = dict(slo_percentile=0.99, slo_target_seconds=10.0, min_replicas=1, max_replicas=64, prediction=False)
+    return PoolSpec(**{**base, **overrides})
+
+
+def observe(rate=SEED_RATE, service=SEED_SERVICE, current=1, time=0.0, **kw) -> Observations:
+    return Observations(time=time, current_replicas=current, ready_replicas=current, arrival_rate=rate, service_time=service, **kw)
+
+
+def test_sizes_the_seed_to_thirty_servers():
+    d = decide(reactive(), observe())
+    assert d.replicas == 30 and d.constraint == "slo" and d.action == "scale_up"
+    assert d.p_wait_exceeds[30] <= 0.01 < d.p_wait_exceeds[29]
+    assert d.utilization == pytest.approx(25 / 30)
+    assert "30 replicas meet p99 wait <= 10s" in d.reason
+
+
+def test_batched_replicas_round_servers_up():
+    d = decide(reactive(slots_per_replica=8), observe())
+    expected = math.ceil(Queue(SEED_RATE, SEED_SERVICE).servers_for_wait_quantile(10.0, 0.99) / 8)
+    assert d.replicas == expected == 4
+    assert d.utilization == pytest.approx(25 / 32)
+
+
+def test_mean_wait_slo():
+    d = decide(reactive(slo_percentile=None, slo_target_seconds=2.0), observe())
+    assert d.replicas == Queue(SEED_RATE, SEED_SERVICE).servers_for_mean_wait(2.0)
+    assert d.predicted_wait <= 2.0
+
+
+def test_ttft_slo_spends_prefill_first():
+    wait_only = decide(reactive(slo_target_seconds=10.0), observe())
+    ttft = decide(reactive(slo_metric="ttft", slo_target_seconds=10.5), observe(prefill_time=0.5))
+    assert ttft.replicas == wait_only.replicas
+    hopeless = decide(reactive(slo_metric="ttft", slo_target_seconds=0.4), observe(prefill_time=0.5))
+    assert hopeless.replicas == 64 and hopeless.saturated
+
+
+def test_zero_traffic_goes_to_the_warm_floor_after_the_window():
+    spec = reactive(min_replicas=2, scale_down_max_step=10, scale_down_window_seconds=300)
+    d = decide(spec, observe(rate=0.0, service=None, current=5, time=1000.0))
+    assert d.replicas == 2 and d.constraint == "warm_floor"
+
+
+@pytest.mark.parametrize(
+    "obs_change, words",
+    [
+        (dict(rate=None), "arrival rate is missing"),
+        (dict(rate=float("nan")), "arrival rate is missing"),
+        (dict(service=None), "service time is missing"),
+        (dict(metrics_age_seconds=600.0), "metrics are 600s old"),
+    ],
+)
+def test_missing_or_stale_metrics_never_scale_down(obs_change, words):
+    d = decide(reactive(), observe(rate=obs_change.get("rate", 0.01), service=obs_change.get("service", 1.0), current=12,
+                                    metrics_age_seconds=obs_change.get("metrics_age_seconds", 0.0)))
+    assert d.replicas == 12 and d.action == "hold"
+    assert not d.metrics_available and d.constraint == "metrics_missing"
+    assert words in d.reason
+
+
+def test_missing_metrics_still_raise_to_the_warm_floor():
+    d = decide(reactive(min_replicas=3), observe(rate=None, current=1))
+    assert d.replicas == 3 and not d.metrics_available
+
+
+def test_last_known_service_time_bridges_a_window_without_completions():
+    first = decide(reactive(), observe())
+    again = decide(reactive(), observe(service=None, current=first.replicas, time=15.0), first.history)
+    assert again.metrics_available and again.replicas == first.replicas
+
+
+def test_overload_goes_to_the_cap_and_says_saturated():
+    d = decide(reactive(max_replicas=20), observe(rate=10.0))  # 150 Erlangs
+    assert d.replicas == 20 and d.saturated and d.constraint == "max_replicas"
+    assert d.p_wait_exceeds[20] == 1.0
+    assert math.isinf(d.predicted_wait)
+
+
+def test_gpu_budget_caps_replicas():
+    spec = reactive(max_replicas=64, max_gpus=10, gpus_per_replica=4)
+    d = decide(spec, observe())
+    assert spec.replica_cap == 2 and d.replicas == 2 and d.constraint == "gpu_budget"
+    assert d.cost_per_hour(PoolSpec(gpus_per_replica=4, gpu_hour_price=2.5)) == pytest.approx(2 * 4 * 2.5)
+
+
+def test_no_scale_up_while_pods_cannot_be_scheduled():
+    d = decide(reactive(), observe(current=10, unschedulable_replicas=2))
+    assert d.replicas == 10 and d.scaling_limited and d.constraint == "unschedulable"
+    assert d.required_replicas == 30
+
+
+def test_scale_down_waits_for_the_window_then_steps():
+    spec = reactive(scale_down_window_seconds=300, scale_down_max_step=2)
+    up = decide(spec, observe(time=0.0))
+    assert up.replicas == 30
+    history, replicas = up.history, up.replicas
+    for t in (60.0, 120.0, 240.0):
+        d = decide(spec, observe(rate=SEED_RATE / 5, current=replicas, time=t), history)
+        assert d.replicas == 30 and d.constraint == "stabilization"
+        history = d.history
+    d = decide(spec, observe(rate=SEED_RATE / 5, current=30, time=301.0), history)
+    assert d.replicas == 28 and d.constraint == "max_step" and d.action == "scale_down"
+
+
+def test_scale_up_is_immediate_despite_the_window():
+    spec = reactive(scale_down_window_seconds=300)
+    low = decide(spec, observe(rate=SEED_RATE / 5, current=1))
+    high = decide(spec, observe(current=low.replicas, time=15.0), low.history)
+    assert high.replicas == 30
+
+
+def test_prediction_scales_ahead_of_a_ramp():
+    spec_pred = reactive(prediction=True, prediction_horizon_seconds=180)
+    history_pred = history_react = History()
+    for step in range(40):
+        obs = observe(rate=0.5 + 0.02 * step, time=15.0 * step, current=10)
+        pred = decide(spec_pred, obs, history_pred)
+        react = decide(reactive(), obs, history_react)
+        history_pred, history_react = pred.history, react.history
+    assert pred.forecast_rate > obs.arrival_rate
+    assert pred.required_replicas > react.required_replicas
+    assert pred.horizon_seconds == 180 and "forecast q0.9 peak" in pred.reason
+
+
+def test_horizon_is_the_measured_cold_start():
+    d = decide(reactive(prediction=True), observe(cold_start_seconds=95.0))
+    assert d.horizon_seconds == 95.0
+    d = decide(reactive(prediction=True, default_cold_start_seconds=240.0), observe())
+    assert d.horizon_seconds == 240.0
+
+
+def test_history_survives_a_json_round_trip():
+    spec = reactive(prediction=True)
+    d = decide(spec, observe(time=0.0))
+    d = decide(spec, observe(time=15.0, rate=SEED_RATE * 1.2, current=d.replicas), d.history)
+    restored = History.from_dict(json.loads(json.dumps(d.history.to_dict())))
+    assert restored == d.history
+    assert History.from_dict({"forecaster": {"bogus": 1}}) == History()
