@@ -56,6 +56,7 @@ class Observations:
     ready_replicas: int = 0
     arrival_rate: float | None = None  # requests / s over the rate window
     service_time: float | None = None  # mean seconds a slot is busy with one request
+    service_samples: float | None = None  # requests completed in service_time's window; None: trust it as is
     arrival_cv: float = 1.0  # coefficient of variation of inter-arrival times
     service_cv: float = 1.0  # coefficient of variation of service times
     prefill_time: float | None = None  # mean prefill seconds, for a TTFT SLO
@@ -128,6 +129,9 @@ class Decision:
         return self.replicas * spec.gpus_per_replica * spec.gpu_hour_price
 
 
+MIN_SERVICE_SAMPLES = 20  # completions below which a window's mean service time is blended with the last trusted
+
+
 def _usable(value: float | None) -> bool:
     return value is not None and not math.isnan(value) and value >= 0
 
@@ -173,15 +177,22 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     current = obs.current_replicas
     floor, cap = spec.min_replicas, spec.replica_cap
     service_time = obs.service_time if _usable(obs.service_time) and obs.service_time > 0 else None
+    trusted = service_time
+    few = obs.service_samples is not None and obs.service_samples < MIN_SERVICE_SAMPLES
+    if service_time is not None and few and history.last_service_time is not None:
+        # a window with a handful of completions (one long request) must not size the fleet on its own
+        weight = max(obs.service_samples, 0.0) / MIN_SERVICE_SAMPLES
+        service_time = weight * service_time + (1 - weight) * history.last_service_time
+        trusted = history.last_service_time
     if service_time is None and history.last_service_time is not None:
-        service_time = history.last_service_time  # no request finished this window: keep the last known
+        service_time = trusted = history.last_service_time  # no request finished this window: keep the last known
     stale = obs.metrics_age_seconds > spec.max_metrics_age_seconds
     rate_known = _usable(obs.arrival_rate)
     if stale or not rate_known or (service_time is None and obs.arrival_rate > 0):
         return _hold_for_metrics(spec, obs, history, stale, rate_known)
 
     forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate)
-    history = replace(history, forecaster=forecaster, last_service_time=service_time)
+    history = replace(history, forecaster=forecaster, last_service_time=trusted)
     planning_rate, forecast_rate, horizon_s = obs.arrival_rate, None, None
     if spec.prediction:
         horizon_s = horizon(spec, obs)

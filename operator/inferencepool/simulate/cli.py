@@ -1,0 +1,274 @@
+"""`inferencepool simulate`: replay a request trace through every scaling policy and compare them.
+
+Wiring (in inferencepool/cli.py):  from inferencepool.simulate.cli import add_parser; add_parser(subparsers)
+add_parser registers the subcommand with set_defaults(handler=run); run(args) returns the exit status.
+Standalone: python -m inferencepool.simulate [flags].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from inferencepool.units import format_duration, parse_duration, parse_slo
+
+DEFAULT_GPU_HOUR_PRICE = 2.50  # USD, the same assumed on-demand H100 price as `inferencepool plan`
+
+DESCRIPTION = """\
+Replay a request trace through a simulated GPU fleet under each scaling policy, on the same arrivals and the
+same cold-start draws, and compare GPU-hours, cost and SLO attainment. Policies: static (provisioned for the
+trace's peak), hpa (utilisation 0.8, 15s sync, 300s scale-down window), queue-depth (KEDA style: 5 waiting
+per replica), reactive and predictive (our Erlang-C decide(), without and with scale-ahead) and oracle
+(clairvoyant lower bound: knows future arrivals and cold starts).
+
+Defaults model a 14-32B model on one H100 per replica serving one request per slot: service time = prompt
+tokens / 8000 tok/s + output tokens x 25 ms; cold starts lognormal around 3 min; SLO p99 queue wait < 10s.
+On the bundled Azure code trace (57 min, 2.6 requests/s, bursts of 30/s for seconds) the peak needs ~12-18
+replicas. Writes simulate.png and simulate.json to --out.
+"""
+
+POLICY_CHOICES = ("static", "hpa", "queue-depth", "reactive", "predictive", "oracle")
+
+
+def _typed(parse):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(f"{text!r} must be > 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text.strip().lstrip("$"))
+    if not value >= 0:
+        raise ValueError(f"{text!r} must be >= 0")
+    return value
+
+
+def _policies(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in POLICY_CHOICES]
+    if unknown or not names:
+        raise ValueError(f"unknown policy {', '.join(unknown) or text!r}; expected some of {','.join(POLICY_CHOICES)}")
+    return names
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `simulate` on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "simulate", help="replay a request trace through every scaling policy and compare cost and SLO",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    duration = _typed(_positive(parse_duration))
+    g = parser.add_argument_group("trace")
+    g.add_argument("--trace", type=Path, help="CSV or CSV.gz with TIMESTAMP,ContextTokens,GeneratedTokens, or a rate "
+                   "trace window_start_seconds,rate_rps (Poisson arrivals); default: the bundled Azure code trace")
+    g.add_argument("--time-scale", type=_typed(_positive(float)), default=1.0, metavar="K",
+                   help="compress time: divide every timestamp by K (rates x K) so bursts get shorter than a cold start")
+    g.add_argument("--rate-scale", type=_typed(_positive(float)), default=1.0, metavar="R",
+                   help="multiply the request rate by R (thin below 1; copies within inter-arrival gaps above 1)")
+    g.add_argument("--repeat", type=_typed(_positive(int)), default=1, metavar="N", help="play the trace N times back to back")
+    g = parser.add_argument_group("service and fleet")
+    g.add_argument("--slo", type=_typed(parse_slo), default=parse_slo("p99 wait < 10s"),
+                   help="e.g. 'p99 wait < 10s' (default), 'mean wait < 2s', 'p95 ttft < 2s'")
+    g.add_argument("--slots-per-replica", type=_typed(_positive(int)), default=1,
+                   help="requests one replica serves at once (default 1); set the decode time for that batch too")
+    g.add_argument("--gpus-per-replica", type=_typed(_positive(int)), default=1, help="default 1")
+    g.add_argument("--gpu-hour-price", type=_typed(_nonnegative_float), default=DEFAULT_GPU_HOUR_PRICE,
+                   help=f"USD per GPU-hour (default {DEFAULT_GPU_HOUR_PRICE:.2f}, an assumed on-demand H100 price)")
+    g.add_argument("--prefill-tokens-per-second", type=_typed(_positive(float)), default=8000.0,
+                   help="prompt tokens a slot prefills per second (default 8000)")
+    g.add_argument("--decode-time-per-token", type=duration, default=0.025,
+                   help="seconds per output token at this batch (default 25ms)")
+    g.add_argument("--cold-start", type=duration, default=180.0, help="mean pod creation -> Ready (default 180s)")
+    g.add_argument("--cold-start-distribution", choices=("lognormal", "uniform", "fixed"), default="lognormal",
+                   help="default lognormal")
+    g.add_argument("--cold-start-spread", type=_typed(_nonnegative_float), default=0.25,
+                   help="lognormal sigma, or uniform half-width as a fraction of the mean (default 0.25)")
+    g.add_argument("--min-replicas", type=_typed(int), default=1, help="warm floor for every adaptive policy (default 1)")
+    g.add_argument("--max-replicas", type=_typed(_positive(int)), default=100, help="default 100")
+    g = parser.add_argument_group("control loop")
+    g.add_argument("--reconcile-interval", type=duration, default=15.0, help="default 15s")
+    g.add_argument("--rate-window", type=duration, default=120.0,
+                   help="rates and service-time statistics over this window, as the operator's PromQL (default 2m)")
+    g.add_argument("--scrape-delay", type=duration, default=15.0, help="age of the metrics the policies read (default 15s)")
+    g.add_argument("--scale-down-window", type=duration, default=None,
+                   help="stabilisation window of our policies (default: PoolSpec's, 300s)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--policies", type=_typed(_policies), default=POLICY_CHOICES,
+                   help=f"comma-separated, default all: {','.join(POLICY_CHOICES)}")
+    g.add_argument("--seed", type=_typed(int), default=0, help="seeds cold starts and rate scaling (default 0)")
+    g.add_argument("--out", type=Path, default=Path("out"), help="directory for simulate.png and simulate.json (default ./out)")
+    g.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    g.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def build(args: argparse.Namespace):
+    """The Scenario the flags describe."""
+    from inferencepool.policy import PoolSpec
+    from inferencepool.simulate import trace as tr
+    from inferencepool.simulate.compare import Scenario
+    import numpy as np
+
+    from inferencepool.simulate.fleet import FleetConfig, ServiceModel
+
+    rng = np.random.default_rng([args.seed, 2])
+    trace = tr.load(args.trace, rng=rng, rate_scale=args.rate_scale)
+    trace = tr.compress_time(tr.repeat(trace, args.repeat), args.time_scale)
+    if len(trace) < 2:
+        raise ValueError("the trace has fewer than two requests")
+    slo = args.slo
+    spec = PoolSpec(
+        slo_metric=slo.metric, slo_percentile=slo.percentile, slo_target_seconds=slo.target_seconds,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
+        slots_per_replica=args.slots_per_replica, default_cold_start_seconds=args.cold_start,
+        gpu_hour_price=args.gpu_hour_price,
+        **({} if args.scale_down_window is None else {"scale_down_window_seconds": args.scale_down_window}),
+    )
+    fleet = FleetConfig(
+        slots_per_replica=args.slots_per_replica, gpus_per_replica=args.gpus_per_replica,
+        cold_start_seconds=args.cold_start, cold_start_distribution=args.cold_start_distribution,
+        cold_start_spread=args.cold_start_spread, reconcile_seconds=args.reconcile_interval,
+        rate_window_seconds=args.rate_window, service_window_seconds=args.rate_window,
+        scrape_delay_seconds=args.scrape_delay,
+    )
+    service = ServiceModel(args.prefill_tokens_per_second, args.decode_time_per_token)
+    return Scenario(trace=trace, spec=spec, fleet=fleet, service_model=service, seed=args.seed)
+
+
+def describe(scenario) -> list[str]:
+    """What was simulated, in words: every assumption and every reshaping of the trace."""
+    from inferencepool.simulate.baselines import peak_rate
+
+    t, f, s, m = scenario.trace, scenario.fleet, scenario.spec, scenario.service_model
+    service = scenario.service
+    peak = peak_rate(t.arrivals, f.rate_window_seconds, f.reconcile_seconds)
+    lines = [
+        f"Trace: {t.name}",
+        f"  {len(t):,} requests over {format_duration(t.span)}; mean {len(t) / t.span:.3g}/s, "
+        f"peak {format_duration(f.rate_window_seconds)} rate {peak:.3g}/s; "
+        f"mean tokens {t.prompt_tokens.mean():.0f} in / {t.output_tokens.mean():.0f} out",
+    ]
+    lines += [f"  NOTE: {note}" for note in t.notes]
+    lines += [
+        f"Service: prompt / {m.prefill_tokens_per_second:g} tok/s + output x {format_duration(m.decode_seconds_per_token)}"
+        f" = mean {service.mean():.3g}s (CV {service.std() / service.mean():.2f}); "
+        f"load mean {service.sum() / t.span:.3g} Erlangs",
+        f"Fleet: {f.slots_per_replica} slot(s) and {f.gpus_per_replica} GPU(s) per replica at "
+        f"${s.gpu_hour_price:g}/GPU-h; replicas {s.min_replicas}..{s.replica_cap}; cold start {f.cold_start_distribution} "
+        f"mean {format_duration(f.cold_start_seconds)}"
+        + (f" (spread {f.cold_start_spread:g})" if f.cold_start_distribution != "fixed" else ""),
+        f"Control: reconcile every {format_duration(f.reconcile_seconds)}; rate over {format_duration(f.rate_window_seconds)}, "
+        f"service time over {format_duration(f.service_window_seconds)}, read {format_duration(f.scrape_delay_seconds)} late",
+        f"SLO: {'mean' if s.slo_percentile is None else f'p{s.slo_percentile * 100:g}'} {s.slo_metric} < "
+        f"{format_duration(s.slo_target_seconds)}; a minute meets it if its requests' statistic does; seed {scenario.seed}",
+    ]
+    return lines
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    """Plain-words comparison of ours against the oracle and the cheapest policy that meets the SLO as well."""
+    by = {r["policy"]: r for r in rows}
+    ours, oracle = by.get("erlang-c-predictive"), by.get("oracle")
+    lines = []
+    if ours and oracle and oracle["gpu_hours"] > 0:
+        lines.append(f"Predictive uses {ours['gpu_hours'] / oracle['gpu_hours'] - 1:+.0%} GPU-hours vs the oracle; "
+                     f"meets the SLO in {ours['minutes_meeting_slo']:.1%} of minutes (oracle {oracle['minutes_meeting_slo']:.1%}).")
+    good = [r for r in rows if r["policy"] != "oracle" and r["minutes_meeting_slo"] >= 0.99]
+    if good:
+        best = min(good, key=lambda r: r["gpu_hours"])
+        lines.append(f"Cheapest non-oracle policy meeting the SLO in >= 99% of minutes: {best['policy']} "
+                     f"({best['gpu_hours']:.2f} GPU-h).")
+    else:
+        lines.append("No non-oracle policy meets the SLO in >= 99% of minutes on this trace.")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate, print the report (or JSON), write the PNG and JSON; 0 on success."""
+    from inferencepool.simulate import report
+    from inferencepool.simulate.compare import ORACLE_BUCKET_SECONDS, make_policy, run_policies
+
+    started = time.perf_counter()
+    scenario = build(args)
+    header = describe(scenario)
+    if not args.json:
+        print("\n".join(header), flush=True)
+
+    def progress(policy: str, fraction: float) -> None:
+        if not args.quiet and time.perf_counter() - started > 2.0:
+            print(f"  {policy}: {fraction:.0%} of trace time", file=sys.stderr, flush=True)
+
+    runs = run_policies(scenario, args.policies, progress)
+    rows = [report.summarise(run, scenario.spec) for run in runs]
+    need = None
+    if "oracle" in args.policies:
+        need = make_policy("oracle", scenario, scenario.service, scenario.prefill).need
+    png = report.plot(runs, scenario.spec, f"{scenario.trace.name}" + "".join(f"\n{n}" for n in scenario.trace.notes),
+                      args.out / "simulate.png", need=need, need_bucket=ORACLE_BUCKET_SECONDS)
+    document = {
+        "trace": {"name": scenario.trace.name, "requests": len(scenario.trace), "span_seconds": scenario.trace.span,
+                  "notes": list(scenario.trace.notes)},
+        "description": header,
+        "spec": asdict(scenario.spec),
+        "fleet": asdict(scenario.fleet),
+        "service_model": asdict(scenario.service_model),
+        "seed": scenario.seed,
+        "policies": rows,
+        "verdict": verdict(rows),
+        "figure": str(png),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "simulate.json").write_text(json.dumps(document, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print()
+        print(report.table(rows, scenario.spec.gpu_hour_price))
+        print()
+        print("\n".join(verdict(rows)))
+        print(f"Wrote {png} and {args.out / 'simulate.json'} ({time.perf_counter() - started:.1f}s).")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line and exit status 2, like `inferencepool`'s own parser."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m inferencepool.simulate`: the subcommand without the rest of the CLI."""
+    parser = _Parser(prog="inferencepool simulate", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")

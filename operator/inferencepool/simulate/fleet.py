@@ -1,0 +1,312 @@
+"""A discrete-event model of a GPU fleet serving a request trace, driven by one scaling policy.
+
+Replicas have `slots` concurrent requests each; requests wait in one FIFO queue across the pool. A replica
+ordered at t serves from t + its cold start. Every reconcile interval the policy sees only what Prometheus
+and the Deployment would show (windowed rates, service-time statistics of completed requests, delayed
+gauges, replica counts, measured cold starts) and returns the replica count it wants.
+
+Lean on purpose: arrivals are a sorted array walked by index, the heap holds only completions and replicas
+becoming Ready, and per-request state is two floats.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time as wallclock
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from inferencepool import observe
+from inferencepool.policy import Observations
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """Seconds a slot is busy with a request: prefill at a token throughput, then one decode step per token.
+
+    Defaults are for a 14-32B model on one H100 serving one request per slot.
+    """
+
+    prefill_tokens_per_second: float = 8000.0
+    decode_seconds_per_token: float = 0.025
+
+    def prefill_seconds(self, prompt_tokens: np.ndarray) -> np.ndarray:
+        return np.asarray(prompt_tokens, dtype=float) / self.prefill_tokens_per_second
+
+    def service_seconds(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+        return self.prefill_seconds(prompt_tokens) + np.asarray(output_tokens, dtype=float) * self.decode_seconds_per_token
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    slots_per_replica: int = 1
+    gpus_per_replica: int = 1
+    cold_start_seconds: float = 180.0  # mean, pod created -> Ready (node, image, weights, warm-up)
+    cold_start_distribution: str = "lognormal"  # lognormal | uniform | fixed
+    cold_start_spread: float = 0.25  # lognormal sigma, or uniform half-width as a fraction of the mean
+    reconcile_seconds: float = 15.0
+    # As the operator reads Prometheus (observe.py): every rate over [2m]; the arrival CV from the dispersion
+    # of completions per 15 s within it; cold start = the longest of the 5 newest Ready pods.
+    rate_window_seconds: float = 120.0
+    service_window_seconds: float = 120.0
+    burst_window_seconds: float = 15.0
+    scrape_delay_seconds: float = 15.0  # how old the metrics are when the policy reads them
+
+
+class ColdStarts:
+    """The k-th replica ever ordered gets the k-th draw, so a seed gives every policy the same cold starts."""
+
+    def __init__(self, config: FleetConfig, seed: int):
+        self._config = config
+        self._rng = np.random.default_rng([seed, 1])
+        self._draws = np.empty(0)
+
+    def _draw(self, n: int) -> np.ndarray:
+        c = self._config
+        mean = c.cold_start_seconds
+        if c.cold_start_distribution == "fixed" or c.cold_start_spread == 0:
+            return np.full(n, mean)
+        if c.cold_start_distribution == "uniform":
+            return mean * (1 + c.cold_start_spread * self._rng.uniform(-1, 1, n))
+        if c.cold_start_distribution == "lognormal":
+            sigma = c.cold_start_spread
+            return self._rng.lognormal(math.log(mean) - sigma * sigma / 2, sigma, n)
+        raise ValueError(f"cold start distribution {c.cold_start_distribution!r}: expected lognormal, uniform or fixed")
+
+    def upcoming(self, first: int, n: int) -> np.ndarray:
+        """Draws first .. first+n-1."""
+        while len(self._draws) < first + n:
+            self._draws = np.concatenate([self._draws, self._draw(max(1024, first + n - len(self._draws)))])
+        return self._draws[first : first + n]
+
+
+class FleetView:
+    """What a policy may know beyond Observations: only the oracle uses it (future cold starts)."""
+
+    def __init__(self, cold_starts: ColdStarts):
+        self.cold_starts = cold_starts
+        self.replicas_ordered_ever = 0
+
+    def next_cold_starts(self, n: int) -> np.ndarray:
+        return self.cold_starts.upcoming(self.replicas_ordered_ever, n)
+
+
+class Policy(Protocol):
+    name: str
+
+    def initial_replicas(self, default: int) -> int: ...
+
+    def reconcile(self, obs: Observations, fleet: FleetView) -> int: ...
+
+
+@dataclass
+class Run:
+    """One policy on one trace: per-request waits and the replica timeline."""
+
+    policy: str
+    arrivals: np.ndarray
+    waits: np.ndarray  # seconds queued before a slot started the request (inf: never served)
+    prefill: np.ndarray  # seconds of prefill, for TTFT
+    change_times: np.ndarray  # replica counts change at these times (the first is 0)
+    ordered: np.ndarray  # Deployment replicas from each change time on (what is billed)
+    ready: np.ndarray  # Ready replicas from each change time on
+    end: float  # billing stops here
+    scale_events: int
+    wall_seconds: float
+    gpus_per_replica: int = 1
+
+    @property
+    def gpu_hours(self) -> float:
+        durations = np.diff(np.append(self.change_times, self.end))
+        return float(np.sum(self.ordered * durations)) * self.gpus_per_replica / 3600.0
+
+
+_DONE, _READY = 0, 1
+
+
+def simulate(
+    arrivals: np.ndarray,
+    service: np.ndarray,
+    prefill: np.ndarray,
+    policy: Policy,
+    config: FleetConfig,
+    initial_replicas: int,
+    cold_starts: ColdStarts,
+    progress: Callable[[float], None] | None = None,
+) -> Run:
+    """Play the trace through the fleet under `policy`; the fleet starts with `initial_replicas` warm."""
+    started = wallclock.perf_counter()
+    arr = arrivals.tolist()
+    svc = service.tolist()
+    pre = prefill.tolist()
+    n = len(arr)
+    end = arr[-1] if n else 0.0
+    slots = config.slots_per_replica
+    tick, delay = config.reconcile_seconds, config.scrape_delay_seconds
+    windows = (config.rate_window_seconds, config.service_window_seconds, config.burst_window_seconds)
+    fleet = FleetView(cold_starts)
+
+    waits = [math.inf] * n
+    heap: list = []
+    queue: deque = deque()
+    ordered = ready = initial_replicas
+    free, busy, retiring = ordered * slots, 0, 0  # retiring: busy slots of removed replicas, gone when done
+    pending: dict[int, tuple[float, float]] = {}  # replica id -> (ordered at, ready at)
+    next_id = 0
+    measured_cold: list[float] = []
+    done_t: list[float] = []  # completion log: times, and running sums for windowed statistics
+    sum_s, sum_s2, sum_p = [0.0], [0.0], [0.0]
+    gauge_t: list[float] = []
+    gauge_wait: list[int] = []
+    gauge_run: list[int] = []
+    changes = [(0.0, ordered, ready)]
+    scale_events = 0
+    i = 0
+    # The first decision waits until the metric windows are full: a fleet that has just started has no
+    # representative service times yet (short requests finish first), so acting earlier would be an artefact.
+    warm = max(config.rate_window_seconds, config.service_window_seconds) + delay
+    next_tick = tick * math.ceil(warm / tick)
+    next_report = 0.1
+
+    def start(j: int, now: float) -> None:
+        waits[j] = now - arr[j]
+        heapq.heappush(heap, (now + svc[j], _DONE, j))
+
+    inf = math.inf
+    while True:
+        t_arrival = arr[i] if i < n else inf
+        t_event = heap[0][0] if heap else inf
+        t_tick = next_tick if next_tick <= end else inf
+        if t_event <= t_arrival and t_event <= t_tick:
+            if t_event == inf:
+                break
+            now, kind, j = heapq.heappop(heap)
+            if kind == _DONE:
+                busy -= 1
+                done_t.append(now)
+                s = svc[j]
+                sum_s.append(sum_s[-1] + s)
+                sum_s2.append(sum_s2[-1] + s * s)
+                sum_p.append(sum_p[-1] + pre[j])
+                if retiring:
+                    retiring -= 1
+                elif queue:
+                    busy += 1
+                    start(queue.popleft(), now)
+                else:
+                    free += 1
+            else:  # a replica became Ready
+                if j not in pending:
+                    continue  # cancelled while starting
+                measured_cold.append(now - pending.pop(j)[0])
+                ready += 1
+                changes.append((now, ordered, ready))
+                for _ in range(slots):
+                    if queue:
+                        busy += 1
+                        start(queue.popleft(), now)
+                    else:
+                        free += 1
+        elif t_arrival <= t_tick:
+            if free:
+                free -= 1
+                busy += 1
+                start(i, t_arrival)
+            else:
+                queue.append(i)
+            i += 1
+        else:
+            now = next_tick
+            next_tick += tick
+            gauge_t.append(now)
+            gauge_wait.append(len(queue))
+            gauge_run.append(busy)
+            obs = _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, gauge_wait, gauge_run,
+                           ordered, ready, measured_cold)
+            wanted = max(int(policy.reconcile(obs, fleet)), 0)
+            if wanted != ordered:
+                scale_events += 1
+            if wanted > ordered:
+                colds = fleet.next_cold_starts(wanted - ordered)
+                fleet.replicas_ordered_ever += wanted - ordered
+                for cold in colds.tolist():
+                    pending[next_id] = (now, now + cold)
+                    heapq.heappush(heap, (now + cold, _READY, next_id))
+                    next_id += 1
+                ordered = wanted
+            while ordered > wanted:  # Kubernetes removes not-Ready pods first, the newest first
+                ordered -= 1
+                if pending:
+                    del pending[max(pending)]
+                    continue
+                ready -= 1
+                idle = min(free, slots)
+                free -= idle
+                retiring += slots - idle  # in-flight requests finish; their slots then disappear
+            if changes[-1][1:] != (ordered, ready):
+                changes.append((now, ordered, ready))
+            if progress is not None and end > 0 and now >= next_report * end:
+                progress(now / end)
+                next_report += 0.1
+
+    times, counts, readies = (np.array(x) for x in zip(*changes))
+    return Run(
+        policy=policy.name,
+        arrivals=arrivals,
+        waits=np.array(waits),
+        prefill=prefill,
+        change_times=times,
+        ordered=counts,
+        ready=readies,
+        end=end,
+        scale_events=scale_events,
+        wall_seconds=wallclock.perf_counter() - started,
+        gpus_per_replica=config.gpus_per_replica,
+    )
+
+
+def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, gauge_wait, gauge_run,
+             ordered, ready, measured_cold) -> Observations:
+    """What Prometheus shows at `now`, as observe.py reads it: rates and histograms over windows ending `delay`
+    ago, the arrival CV from the dispersion of completions per burst window, delayed gauges."""
+    seen = now - delay
+    rate = service = prefill = samples = None
+    service_cv = arrival_cv = 1.0
+    if seen > 0:
+        span = min(windows[0], seen)
+        rate = (bisect_right(arr, seen) - bisect_right(arr, seen - span)) / span
+        hi, lo = bisect_right(done_t, seen), bisect_right(done_t, seen - windows[1])
+        samples = hi - lo
+        if hi > lo:
+            k = hi - lo
+            service = (sum_s[hi] - sum_s[lo]) / k
+            prefill = (sum_p[hi] - sum_p[lo]) / k
+            variance = max((sum_s2[hi] - sum_s2[lo]) / k - service * service, 0.0)
+            service_cv = math.sqrt(variance) / service if service > 0 else 1.0
+        burst = windows[2]
+        edges = [bisect_right(done_t, seen - j * burst) for j in range(int(span // burst) + 1)]
+        if len(edges) > 2:
+            rates = [(a - b) / burst for a, b in zip(edges, edges[1:])]
+            mean = sum(rates) / len(rates)
+            arrival_cv = observe.arrival_cv(sum((r - mean) ** 2 for r in rates) / len(rates), mean, burst)
+    g = bisect_right(gauge_t, seen) - 1
+    return Observations(
+        time=now,
+        current_replicas=ordered,
+        ready_replicas=ready,
+        arrival_rate=rate,
+        service_time=service,
+        service_samples=samples,
+        arrival_cv=arrival_cv,
+        service_cv=service_cv,
+        prefill_time=prefill,
+        waiting=float(gauge_wait[g]) if g >= 0 else None,
+        running=float(gauge_run[g]) if g >= 0 else None,
+        cold_start_seconds=max(measured_cold[-5:]) if measured_cold else None,
+        metrics_age_seconds=delay,
+    )
