@@ -76,6 +76,7 @@ def test_missing_or_stale_metrics_never_scale_down(obs_change, words):
 def test_missing_metrics_still_raise_to_the_warm_floor():
     d = decide(reactive(min_replicas=3), observe(rate=None, current=1))
     assert d.replicas == 3 and not d.metrics_available
+    assert d.reason.startswith("scale up 1 -> 3 to the warm floor")
 
 
 def test_last_known_service_time_bridges_a_window_without_completions():

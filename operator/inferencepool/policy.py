@@ -269,11 +269,15 @@ def _hold_for_metrics(spec: PoolSpec, obs: Observations, history: History, stale
     else:
         why = "the service time is missing and no earlier value is known"
     replicas = max(obs.current_replicas, spec.min_replicas)
+    if replicas > obs.current_replicas:
+        move = f"scale up {obs.current_replicas} -> {replicas} to the warm floor"
+    else:
+        move = f"holding at {replicas} replicas"
     decision = Decision(
         replicas=replicas,
         previous_replicas=obs.current_replicas,
         constraint="metrics_missing",
-        reason=f"holding at {replicas} replicas: {why}; never scaling down without metrics",
+        reason=f"{move}: {why}; never scaling down without metrics",
         history=history if replicas == obs.current_replicas else replace(history, last_scale_time=obs.time),
         metrics_available=False,
     )

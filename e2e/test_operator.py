@@ -1,0 +1,382 @@
+"""The operator end to end on the real test bed: CRD validation, Erlang-C scaling, status, Events,
+the hold without metrics, hand edits put back, GPU shortage, restart, and deletion cascading.
+
+Each test runs its own operator (a subprocess of `python -m inferencepool.run`) watching a fresh
+namespace, a real Prometheus on 127.0.0.1 scraping e2e/vllm_exporter.py (one exporter per pool, labelled
+with the pool's name and namespace by the static scrape config), with short windows so a test takes
+about a minute: scrape 1s, operator interval 3s, rate window 30s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inferencepool.queueing import Queue
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_exporter import VllmExporter  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT / "crds" / "inferencepools.autoscaling.inferencepool.dev.yaml"
+INTERVAL = 3
+RATE_WINDOW = "30s"
+H100 = "NVIDIA-H100-80GB-HBM3"
+L4 = "NVIDIA-L4"
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def crd(cluster):
+    cluster.kubectl("apply", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/inferencepools.autoscaling.inferencepool.dev")
+    return CRD
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """`python -m inferencepool.run` against the bed, for one namespace; its log is kept for failures."""
+
+    def __init__(self, cluster, namespace: str, prometheus_url: str, log_path: Path):
+        self.cluster, self.namespace, self.prometheus_url, self.log_path = cluster, namespace, prometheus_url, log_path
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> OperatorProcess:
+        command = [
+            sys.executable, "-m", "inferencepool.run",
+            "--kubeconfig", str(self.cluster.kubeconfig),
+            "--namespace", self.namespace,
+            "--prometheus-url", self.prometheus_url,
+            "--interval", str(INTERVAL),
+            "--rate-window", RATE_WINDOW,
+            "--burst-window", "6s",
+            "--metrics-port", str(self.metrics_port),
+            "--metrics-address", "127.0.0.1",
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.cluster.env, start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def decisions(self) -> list[dict]:
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == "decision":
+                lines.append(entry)
+        return lines
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+@pytest.fixture
+def exporters():
+    started = []
+
+    def start(arrival_rate: float, service_time: float) -> VllmExporter:
+        exporter = VllmExporter()
+        exporter.set_load(arrival_rate, service_time)
+        started.append(exporter.start())
+        return exporter
+
+    yield start
+    for exporter in started:
+        exporter.stop()
+
+
+@pytest.fixture
+def operator(cluster, crd, namespace, tmp_path):
+    """Factory: operator(prometheus_url) starts one; pools are deleted before it stops (finalizers)."""
+    running: list[OperatorProcess] = []
+
+    def start(prometheus_url: str) -> OperatorProcess:
+        op = OperatorProcess(cluster, namespace, prometheus_url, tmp_path / "operator.log").start()
+        running.append(op)
+        return op
+
+    yield start
+    if running and running[-1].proc.poll() is None:
+        cluster.kubectl("-n", namespace, "delete", "ipool", "--all", "--wait=true", "--timeout=60s", check=False)
+    for op in running:
+        op.stop()
+    log = tmp_path / "operator.log"
+    if log.exists():  # pytest shows this only when the test failed
+        print("---- operator log (tail) ----\n" + log.read_text()[-20000:])
+
+
+def wait_for_full_window(prom, pool: str) -> None:
+    """Until Prometheus holds a whole rate window of the pool's samples, rates read low (a series'
+    first sample has no predecessor to count from); start deciding on full windows only."""
+    prom.wait_for(f'count_over_time(vllm:num_requests_running{{pool="{pool}"}}[{RATE_WINDOW}]) >= 25', timeout=90)
+
+
+def scrape_config(pool: str, namespace: str, exporter: VllmExporter) -> dict:
+    return {"job_name": f"vllm-{pool}", "static_configs": [{
+        "targets": [exporter.target], "labels": {"pool": pool, "namespace": namespace, "pod": f"{pool}-0"}}]}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def pool_manifest(name: str, product: str = H100, **spec) -> dict:
+    base = {
+        "model": {"name": "llama-8b", "source": "meta-llama/Llama-3.1-8B-Instruct"},
+        "engine": {"image": "vllm/vllm-openai:fake"},
+        "gpu": {"product": product, "perReplica": 1},
+        "slo": {"metric": "QueueWait", "percentile": 0.99, "targetSeconds": 1},
+        "minReplicas": 1,
+        "maxReplicas": 8,
+        "slotsPerReplica": 4,
+        "scaleDown": {"stabilizationWindowSeconds": 15, "maxStep": 4},
+        "prediction": {"enabled": False},
+        "cost": {"gpuHourPrice": "2.50"},
+    }
+    base.update(spec)
+    return {"apiVersion": "autoscaling.inferencepool.dev/v1alpha1", "kind": "InferencePool",
+            "metadata": {"name": name}, "spec": base}
+
+
+def get_pool(cluster, namespace: str, name: str) -> dict:
+    return cluster.kubectl_json("-n", namespace, "get", "inferencepools.autoscaling.inferencepool.dev", name)
+
+
+def conditions(pool: dict) -> dict:
+    return {c["type"]: c for c in pool.get("status", {}).get("conditions", [])}
+
+
+def replicas(cluster, namespace: str, name: str) -> int | None:
+    r = cluster.kubectl("-n", namespace, "get", "deployment", name, "-o", "jsonpath={.spec.replicas}", check=False)
+    return int(r.stdout) if r.returncode == 0 and r.stdout else None
+
+
+def pool_events(cluster, namespace: str, name: str) -> list[dict]:
+    items = cluster.kubectl_json("-n", namespace, "get", "events", "--field-selector",
+                                 f"involvedObject.kind=InferencePool,involvedObject.name={name}")["items"]
+    return [{"type": e["type"], "reason": e["reason"], "message": e["message"]} for e in items]
+
+
+def erlang_c_replicas(rate, service, slots, target, percentile, service_cv=1.0, arrival_cv=1.0) -> int:
+    servers = Queue(rate, service, arrival_cv, service_cv).servers_for_wait_quantile(target, percentile)
+    return math.ceil(servers / slots)
+
+
+def robust_answer(rate, service, slots, target, percentile) -> int:
+    """The Erlang-C replica count, checked to be the same for small errors in what is measured
+    (rate and mean service time +-10%, service CV read as 0.95-1.25 from buckets, arrival CV 1-1.15)."""
+    answers = {
+        erlang_c_replicas(rate * fr, service * fs, slots, target, percentile, cs, ca)
+        for fr, fs, cs, ca in itertools.product((0.9, 1, 1.1), (0.93, 1, 1.07), (0.95, 1.1, 1.25), (1.0, 1.15))
+    }
+    assert len(answers) == 1, f"test load is too close to a step of the answer: {answers}"
+    return answers.pop()
+
+
+# ---------------------------------------------------------------- tests
+
+
+BAD_MANIFESTS = [
+    ("slo", {"metric": "QueueWait", "percentile": 1.5, "targetSeconds": 1},
+     ["spec.slo.percentile", "strictly between 0 and 1"]),
+    ("slo", {"percentile": 0.99, "targetSeconds": 0}, ["spec.slo.targetSeconds", "must be > 0"]),
+    ("slo", {"metric": "Latency", "targetSeconds": 1}, ["spec.slo.metric", "QueueWait", "TimeToFirstToken"]),
+    ("minReplicas", 9, ["spec.minReplicas", "must not exceed spec.maxReplicas"]),
+    ("maxGPUs", 3, ["spec.maxGPUs", "warm floor"]),  # with minReplicas 2 x perReplica 2 below
+    ("prediction", {"horizon": "soon"}, ["spec.prediction.horizon", "Measured or a whole number of seconds"]),
+    ("cost", {"gpuHourPrice": "cheap"}, ["spec.cost.gpuHourPrice", "decimal price"]),
+    ("slotsPerReplica", None, ["spec.slotsPerReplica", "Required value"]),
+]
+
+
+def test_crd_rejects_bad_manifests_naming_the_field(cluster, crd, namespace):
+    for field, value, expected in BAD_MANIFESTS:
+        manifest = pool_manifest("bad")
+        if field == "maxGPUs":
+            manifest["spec"].update(minReplicas=2, gpu={"product": H100, "perReplica": 2})
+        if value is None:
+            manifest["spec"].pop(field)
+        else:
+            manifest["spec"][field] = value
+        r = cluster.kubectl("-n", namespace, "apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+        assert r.returncode != 0, f"{field}={value!r} was accepted"
+        for text in expected:
+            assert text in r.stderr, f"{field}={value!r}: {text!r} not in {r.stderr}"
+
+    # a good one passes and comes back with the schema's defaults
+    good = pool_manifest("good")
+    for key in ("scaleDown", "prediction", "cost"):
+        good["spec"].pop(key)
+    cluster.apply(good, namespace=namespace)
+    spec = get_pool(cluster, namespace, "good")["spec"]
+    assert spec["scaleDown"] == {"stabilizationWindowSeconds": 300, "maxStep": 1}
+    assert spec["prediction"] == {"enabled": True, "horizon": "Measured", "coldStartSeconds": 180, "quantile": 0.9}
+    assert spec["engine"]["port"] == 8000 and spec["cost"]["gpuHourPrice"] == "0"
+    cluster.kubectl("-n", namespace, "delete", "ipool", "good")
+
+
+def test_operator_sizes_the_pool_by_erlang_c(cluster, namespace, operator, prometheus, exporters):
+    name, rate, service, slots, target, percentile = "llama", 4.0, 1.5, 4, 1.0, 0.99
+    expected = robust_answer(rate, service, slots, target, percentile)
+    assert expected >= 3
+    exporter = exporters(rate, service)
+    prom = prometheus(scrape_configs=[scrape_config(name, namespace, exporter)])
+    wait_for_full_window(prom, name)
+    op = operator(prom.url)
+    cluster.apply(pool_manifest(name), namespace=namespace)
+
+    # The Deployment and Service appear, owned by the pool, and replicas go to the Erlang-C answer.
+    cluster.wait_until(lambda: replicas(cluster, namespace, name) == expected, timeout=120,
+                       desc=f"{expected} replicas (Erlang-C for {rate}/s x {service}s)")
+    pool = get_pool(cluster, namespace, name)
+    deployment = cluster.kubectl_json("-n", namespace, "get", "deployment", name)
+    service_obj = cluster.kubectl_json("-n", namespace, "get", "service", name)
+    for obj in (deployment, service_obj):
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("InferencePool", name, pool["metadata"]["uid"], True)
+    template = deployment["spec"]["template"]["spec"]
+    assert template["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert template["nodeSelector"] == {"nvidia.com/gpu.product": H100}
+
+    # Pods land on H100 nodes and turn Ready after the bed's cold start; status says so.
+    cluster.wait_until(lambda: get_pool(cluster, namespace, name)["status"].get("readyReplicas") == expected,
+                       timeout=120, desc="all replicas Ready in status")
+    status = get_pool(cluster, namespace, name)["status"]
+    assert status["desiredReplicas"] == expected and status["constraint"] == "slo"
+    assert status["arrivalRate"] == pytest.approx(rate, rel=0.15)
+    assert status["serviceTimeSeconds"] == pytest.approx(service, rel=0.15)
+    assert 0 < status["utilization"] < 1
+    assert [w["replicas"] for w in status["waitExceedsTarget"]] == [expected - 1, expected, expected + 1]
+    assert status["waitExceedsTarget"][1]["probability"] <= 1 - percentile
+    assert status["predictedWait"].startswith("p99 wait ")
+    assert status["costPerHour"] == f"{expected * 2.5:.2f} USD"
+    assert status["coldStartSeconds"] >= cluster.cold_start_seconds("h100") - 1
+    cond = conditions(get_pool(cluster, namespace, name))
+    assert cond["MetricsAvailable"]["status"] == "True" and cond["Ready"]["status"] == "True"
+    assert cond["Saturated"]["status"] == "False" and cond["ScalingLimited"]["status"] == "False"
+    assert f"-> {expected}: {expected} replicas meet p99 wait <= 1s" in status["lastScaleReason"]
+
+    # The scale has an Event with the reason in words; kubectl get ipool shows the numbers.
+    events = pool_events(cluster, namespace, name)
+    assert {"type": "Normal", "reason": "ScaledUp", "message": status["lastScaleReason"]} in events
+    table = cluster.kubectl("-n", namespace, "get", "ipool", name).stdout
+    assert "llama-8b" in table and H100 in table and "p99 wait" in table and "USD" in table
+    # One decision log line with every field; the operator's own /metrics.
+    decision = op.decisions()[-1]
+    assert {"action", "replicas", "reason", "constraint", "p_wait_exceeds", "utilization", "predicted_wait"} <= set(decision)
+    text = op.metrics_text()
+    assert f'inferencepool_desired_replicas{{namespace="{namespace}",pool="{name}"}} {expected}.0' in text
+    assert "inferencepool_decisions_total" in text and "inferencepool_reconcile_duration_seconds_count" in text
+
+    # A hand edit of the replicas is put back, with an Event.
+    cluster.kubectl("-n", namespace, "scale", "deployment", name, "--replicas=1")
+    cluster.wait_until(lambda: any(e["reason"] == "ReplicasRestored" for e in pool_events(cluster, namespace, name)),
+                       timeout=30, desc="ReplicasRestored event")
+    cluster.wait_until(lambda: replicas(cluster, namespace, name) == expected, timeout=30, desc="replicas put back")
+
+    # A restarted operator resumes from status: same answer, no new scale, the history goes on.
+    before = json.loads(get_pool(cluster, namespace, name)["status"]["history"])
+    op.stop()
+    op = operator(prom.url)
+    cluster.wait_until(
+        lambda: json.loads(get_pool(cluster, namespace, name)["status"]["history"])["forecaster"]["count"]
+        > before["forecaster"]["count"] + 1,
+        timeout=60, desc="decisions from the restarted operator")
+    after = get_pool(cluster, namespace, name)["status"]
+    assert after["desiredReplicas"] == expected and replicas(cluster, namespace, name) == expected
+    assert json.loads(after["history"])["last_scale_time"] == before["last_scale_time"]
+
+    # The exporter stops: metrics go missing, the pool holds (never scales down) and says why.
+    exporter.stop()
+    cluster.wait_until(lambda: conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]["status"] == "False",
+                       timeout=60, desc="MetricsAvailable=False")
+    held = conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]
+    assert held["reason"] in ("MetricsMissing", "MetricsStale") and "never scaling down" in held["message"]
+    time.sleep(3 * INTERVAL)
+    assert replicas(cluster, namespace, name) == expected
+    assert get_pool(cluster, namespace, name)["status"]["desiredReplicas"] == expected
+    assert any(e["type"] == "Warning" and e["reason"] == held["reason"] for e in pool_events(cluster, namespace, name))
+
+    # Deleting the pool deletes what it owns (the bed's garbage collector follows the owner refs).
+    cluster.kubectl("-n", namespace, "delete", "ipool", name, "--wait=true", "--timeout=60s")
+    cluster.wait_until(
+        lambda: cluster.kubectl("-n", namespace, "get", "deployment,service,pods", "-o", "name").stdout.strip() == "",
+        timeout=90, desc="Deployment, Service and pods garbage-collected")
+
+
+def test_scale_up_stops_while_pods_wait_for_gpus(cluster, namespace, operator, prometheus, exporters):
+    """The bed has 4 single-L4 nodes: a pool that needs more sees the rest Pending and stops there."""
+    name, rate, service, slots, target = "mistral", 3.0, 1.5, 1, 1.0
+    needed = erlang_c_replicas(rate, service, slots, target, 0.99)
+    l4_gpus = sum(p["count"] * p["gpus"] for p in cluster.pools if p.get("gpuProduct") == L4)
+    assert needed > l4_gpus
+    exporter = exporters(rate, service)
+    prom = prometheus(scrape_configs=[scrape_config(name, namespace, exporter)])
+    wait_for_full_window(prom, name)
+    operator(prom.url)
+    cluster.apply(pool_manifest(name, product=L4, slotsPerReplica=slots, maxReplicas=12), namespace=namespace)
+
+    def limited():
+        c = conditions(get_pool(cluster, namespace, name)).get("ScalingLimited", {})
+        return c if c.get("status") == "True" and c.get("reason") == "InsufficientGPUs" else None
+
+    message = cluster.wait_until(limited, timeout=120, desc="ScalingLimited=True InsufficientGPUs")["message"]
+    assert "nvidia.com/gpu" in message
+    status = get_pool(cluster, namespace, name)["status"]
+    assert status["unschedulableReplicas"] >= 1
+    at_limit = replicas(cluster, namespace, name)
+    assert l4_gpus < at_limit <= needed
+    time.sleep(3 * INTERVAL)
+    assert replicas(cluster, namespace, name) == at_limit  # no further scale-up while pods are Pending
+    assert any(e["reason"] == "InsufficientGPUs" for e in pool_events(cluster, namespace, name))
+
+
+def test_one_batched_read_serves_many_pools(cluster, namespace, operator, prometheus, exporters):
+    """Two pools, one Prometheus, one operator: each pool gets its own numbers from the shared queries."""
+    loads = {"alpha": (2.0, 1.0), "beta": (6.0, 2.0)}
+    started = {name: exporters(*load) for name, load in loads.items()}
+    prom = prometheus(scrape_configs=[scrape_config(n, namespace, e) for n, e in started.items()])
+    for name in loads:
+        wait_for_full_window(prom, name)
+    operator(prom.url)
+    for name in loads:
+        cluster.apply(pool_manifest(name), namespace=namespace)
+    for name, (rate, service) in loads.items():
+        cluster.wait_until(lambda: get_pool(cluster, namespace, name).get("status", {}).get("arrivalRate"),
+                           timeout=90, desc=f"{name} arrival rate in status")
+        status = get_pool(cluster, namespace, name)["status"]
+        assert status["arrivalRate"] == pytest.approx(rate, rel=0.2)
+        assert status["serviceTimeSeconds"] == pytest.approx(service, rel=0.2)

@@ -1,0 +1,163 @@
+"""A vLLM-shaped metrics exporter: the vllm:* series a pool's pods would export, at a load the test sets.
+
+The test bed's pods are fake (KWOK), so nothing serves requests; this stands in for the whole pool's
+/metrics on a 127.0.0.1 port that Prometheus scrapes with pool/namespace labels from its static config.
+
+Requests "finish" at `arrival_rate` per second (steadily, so the measured rate is the set rate); each
+one's inference time is drawn from an exponential with mean `service_time` on a golden-ratio sequence
+(quasi-random, so a 30 s window's sample mean is within a few % of the mean and its CV close to 1).
+Queue wait and prefill are constants. The running gauge follows Little's law (rate x service time).
+
+    python e2e/vllm_exporter.py --port 18000 --rate 4 --service-time 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import threading
+import time
+
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                   120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # vLLM's request_latency_buckets
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+class VllmExporter:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, model: str = "test-model", tick: float = 0.1):
+        if not host.startswith("127."):
+            raise ValueError("the exporter listens on loopback only")
+        self.host, self.port, self.tick = host, port, tick
+        self.arrival_rate = 0.0
+        self.service_time = 1.0
+        self.queue_wait = 0.0
+        self.prefill_time = 0.05
+        self.waiting = 0.0
+        self._credit = 0.0
+        self._k = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._server = self._thread = self._ticker = None
+
+        r = self.registry = CollectorRegistry()
+        labels = {"model_name": model, "engine": "0"}
+        names = tuple(labels)
+
+        def histogram(name, doc, buckets):
+            return Histogram(name, doc, names, buckets=buckets, registry=r).labels(**labels)
+
+        self.success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"), registry=r).labels(
+            **labels, finished_reason="stop"
+        )
+        self.running_gauge = Gauge("vllm:num_requests_running", "Requests running.", names, registry=r).labels(**labels)
+        self.waiting_gauge = Gauge("vllm:num_requests_waiting", "Requests waiting.", names, registry=r).labels(**labels)
+        self.inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
+        self.queue = histogram("vllm:request_queue_time_seconds", "WAITING phase time.", LATENCY_BUCKETS)
+        self.prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
+        self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
+        self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def set_load(self, arrival_rate: float, service_time: float, queue_wait: float = 0.0,
+                 prefill_time: float = 0.05, waiting: float = 0.0) -> None:
+        """The load to export from now on."""
+        with self._lock:
+            self.arrival_rate, self.service_time = arrival_rate, service_time
+            self.queue_wait, self.prefill_time, self.waiting = queue_wait, prefill_time, waiting
+            self.running_gauge.set(arrival_rate * service_time)
+            self.waiting_gauge.set(waiting)
+
+    def _finish_one(self) -> None:
+        self._k += 1
+        u = (self._k * GOLDEN) % 1.0
+        inference = -self.service_time * math.log(1.0 - u)
+        self.inference.observe(inference)
+        self.queue.observe(self.queue_wait)
+        self.prefill.observe(self.prefill_time)
+        self.ttft.observe(self.queue_wait + self.prefill_time)
+        self.e2e.observe(self.queue_wait + inference)
+        self.success.inc()
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            with self._lock:
+                self._credit += self.arrival_rate * (now - last)
+                while self._credit >= 1.0:
+                    self._credit -= 1.0
+                    self._finish_one()
+                self.running_gauge.set(self.arrival_rate * self.service_time)
+                self.waiting_gauge.set(self.waiting)
+            last = now
+
+    def start(self) -> VllmExporter:
+        # Always the classic text format, whatever the scraper asks for: prometheus_client's OpenMetrics
+        # output escapes "vllm:" to "vllm_" for a Prometheus 2.x scraper (see the operator's --metric-prefix).
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="vllm-exporter-http", daemon=True)
+        self._thread.start()
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._run, name="vllm-exporter", daemon=True)
+        self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: Prometheus's next scrape fails and the pool's series go stale."""
+        self._stop.set()
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> VllmExporter:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=18000)
+    parser.add_argument("--rate", type=float, default=1.0, help="requests per second")
+    parser.add_argument("--service-time", type=float, default=1.0, help="mean seconds a slot is busy per request")
+    parser.add_argument("--queue-wait", type=float, default=0.0)
+    args = parser.parse_args()
+    exporter = VllmExporter(port=args.port).start()
+    exporter.set_load(args.rate, args.service_time, args.queue_wait)
+    print(f"serving vllm:* metrics on http://{exporter.target}/metrics", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        exporter.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Kopf handlers: glue between the cluster, Prometheus and policy.decide(). No decisions are made here.
+
+- create / update / resume: server-side apply the pool's Deployment and Service (adopting existing ones).
+- a timer per pool, every `interval`: read the pool's metrics (one batched Prometheus read per interval
+  serves every pool), its Deployment and pods; decide; apply the replica count (that field alone) only
+  when it changes; write status (with the decision History, so a restarted operator resumes); post an
+  Event per scale and per condition change; log one line per decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import kopf
+
+from inferencepool import logs, observe, policy, spec as pool_spec, status as pool_status, workload
+from inferencepool.metrics import OperatorMetrics
+
+FIELD_MANAGER = "inferencepool"  # owns the Deployment and Service templates (server-side apply)
+SCALER_MANAGER = "inferencepool-autoscaler"  # owns spec.replicas alone
+RESOURCE = (pool_spec.GROUP, pool_spec.VERSION, pool_spec.PLURAL)
+log = logs.get("inferencepool.operator")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    prometheus_url: str = "http://localhost:9090"
+    interval: float = 15.0  # seconds between two decisions for a pool
+    query: observe.QuerySettings = field(default_factory=observe.QuerySettings)
+
+
+class Kube:
+    """The few Kubernetes calls the operator makes, returning plain camelCase dicts."""
+
+    def __init__(self, api_client=None):
+        from kubernetes import client
+
+        self.api = api_client or client.ApiClient()
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def _plain(self, obj) -> dict:
+        return self.api.sanitize_for_serialization(obj)
+
+    def apply(self, manifest: Mapping) -> None:
+        """Server-side apply, forcing our fields back if someone else took them."""
+        meta = manifest["metadata"]
+        patch = {
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "Service": self.core.patch_namespaced_service,
+        }[manifest["kind"]]
+        patch(
+            meta["name"], meta["namespace"], manifest,
+            field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
+        )
+
+    def deployment(self, namespace: str, name: str) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self._plain(self.apps.read_namespaced_deployment(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def pods(self, namespace: str, pool_name: str) -> list[dict]:
+        selector = ",".join(f"{k}={v}" for k, v in workload.selector(pool_name).items())
+        return self._plain(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
+
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Server-side apply of spec.replicas alone, under its own field manager, so that managedFields
+        tell who set the count last (the scale subresource does not record an owner for a field that
+        had none, e.g. the defaulted count of a new Deployment)."""
+        body = {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": namespace}, "spec": {"replicas": replicas}}
+        self.apps.patch_namespaced_deployment(
+            name, namespace, body,
+            field_manager=SCALER_MANAGER, force=True, _content_type="application/apply-patch+yaml",
+        )
+
+
+def _message(conditions, kind: str) -> str | None:
+    return next((c.get("message") for c in conditions or () if c.get("type") == kind), None)
+
+
+def replicas_manager(deployment: Mapping) -> str | None:
+    """Who last set the Deployment's spec.replicas, from its managedFields (None: nobody, a default)."""
+    manager = None
+    for entry in (deployment.get("metadata") or {}).get("managedFields") or ():
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+            manager = entry.get("manager")
+    return manager
+
+
+class Operator:
+    """The handlers' bodies, with their dependencies passed in (so they can be driven without kopf)."""
+
+    def __init__(self, config: OperatorConfig, reader: observe.PrometheusReader, kube: Kube, metrics: OperatorMetrics):
+        self.config = config
+        self.reader = reader
+        self.kube = kube
+        self.metrics = metrics
+
+    # ------------------------------------------------------------ helpers
+
+    def _parse(self, body, status: Mapping, patch) -> pool_spec.PoolConfig | None:
+        """The pool's config, or None after reporting InvalidSpec in status (and once as an Event)."""
+        try:
+            return pool_spec.parse(body.get("spec") or {})
+        except pool_spec.SpecError as error:
+            previous = status.get("conditions")
+            update = pool_status.invalid_spec_status(str(error), time.time(), body.metadata.get("generation"), previous)
+            ready = [c for c in update["conditions"] if c["type"] == "Ready"]
+            if pool_status.changed(previous, ready) or ready[0]["message"] != _message(previous, "Ready"):
+                kopf.warn(body, reason="InvalidSpec", message=str(error))
+            patch.status.update(update)
+            log.warning("invalid spec", namespace=body.metadata.namespace, pool=body.metadata.name, error=str(error))
+            return None
+
+    def _apply_workload(self, body, config: pool_spec.PoolConfig) -> dict:
+        deployment = workload.deployment(body, config)
+        self.kube.apply(deployment)
+        self.kube.apply(workload.service(body, config))
+        return deployment
+
+    # ------------------------------------------------------------ handlers
+
+    def ensure(self, body, status, patch, **_) -> None:
+        """On create, update and resume: the Deployment and Service match the spec."""
+        config = self._parse(body, status, patch)
+        if config is not None:
+            self._apply_workload(body, config)
+
+    def autoscale(self, body, status, patch, **_) -> None:
+        """One decision for one pool."""
+        started = time.perf_counter()
+        namespace, name = body.metadata.namespace, body.metadata.name
+        config = self._parse(body, status, patch)
+        if config is None:
+            return
+        deployment = self.kube.deployment(namespace, name)
+        expected_hash = workload.deployment(body, config)["metadata"]["annotations"][workload.TEMPLATE_HASH]
+        live_hash = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(workload.TEMPLATE_HASH)
+        if deployment is None or live_hash != expected_hash:
+            self._apply_workload(body, config)
+            deployment = self.kube.deployment(namespace, name)
+
+        now = time.time()
+        pods = self.kube.pods(namespace, name)
+        stuck = observe.unschedulable_pods(pods)
+        cold_start = observe.cold_start_seconds(pods) or status.get("coldStartSeconds")
+        live_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
+        last_desired = status.get("desiredReplicas")
+        hand_edited = (
+            last_desired is not None
+            and live_replicas != last_desired
+            and replicas_manager(deployment) not in (None, SCALER_MANAGER)
+        )
+        current = int(last_desired) if hand_edited else live_replicas
+
+        prometheus_error = None
+        try:
+            pools = self.reader.read(config.prometheus_url, config.matchers)
+            metrics = observe.find(pools, namespace, name)
+        except observe.PrometheusUnavailable as error:
+            metrics, prometheus_error = None, str(error)
+        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        obs = observe.observations(metrics, now, current, ready, len(stuck), cold_start)
+        history = policy.History.from_dict(pool_status.history_from_status(status))
+        decision = policy.decide(config.policy, obs, history)
+
+        if decision.replicas != live_replicas:
+            self.kube.scale(namespace, name, decision.replicas)
+        if hand_edited and decision.replicas != live_replicas:
+            kopf.warn(
+                body,
+                reason="ReplicasRestored",
+                message=(
+                    f"Deployment replicas were set to {live_replicas} outside the operator; put back to "
+                    f"{decision.replicas}. The pool owns its replica count: change minReplicas/maxReplicas instead."
+                ),
+            )
+        if decision.action != "hold":
+            kopf.info(body, reason="ScaledUp" if decision.action == "scale_up" else "ScaledDown", message=decision.reason)
+
+        generation = body.metadata.get("generation")
+        previous_conditions = status.get("conditions")
+        conditions_now = pool_status.conditions(
+            config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation
+        )
+        for c in pool_status.changed(previous_conditions, conditions_now):
+            self._condition_event(body, c, first=not previous_conditions)
+        patch.status.update(
+            pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation)
+        )
+        self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
+        self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
+        self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def forget(self, body, **_) -> None:
+        """On delete: drop the pool's series from the operator's /metrics (owner refs delete the rest)."""
+        self.metrics.forget(body.metadata.namespace, body.metadata.name)
+
+    # ------------------------------------------------------------ reporting
+
+    @staticmethod
+    def _condition_event(body, c: Mapping, first: bool) -> None:
+        """Warn when something goes wrong, note when it recovers; stay quiet about a healthy start."""
+        bad = {"Ready": "False", "MetricsAvailable": "False", "Saturated": "True", "ScalingLimited": "True"}
+        if first and c["reason"] == "NoReadyReplicas":
+            return  # a new pool is loading its model: nothing is wrong yet
+        if c["status"] == bad[c["type"]]:
+            kopf.warn(body, reason=c["reason"], message=c["message"])
+        elif not first:
+            kopf.info(body, reason=c["reason"], message=f"{c['type']}={c['status']}: {c['message']}")
+
+    @staticmethod
+    def _log(namespace, name, obs, decision, config, prometheus_error, hand_edited) -> None:
+        """The one line per decision: every Decision field but the history, and what it was decided on."""
+        log.info(
+            "decision",
+            namespace=namespace,
+            pool=name,
+            action=decision.action,
+            replicas=decision.replicas,
+            previous_replicas=decision.previous_replicas,
+            required_replicas=decision.required_replicas,
+            constraint=decision.constraint,
+            reason=decision.reason,
+            planning_rate=decision.planning_rate,
+            forecast_rate=decision.forecast_rate,
+            horizon_seconds=decision.horizon_seconds,
+            utilization=decision.utilization,
+            p_wait_exceeds={str(n): p for n, p in decision.p_wait_exceeds.items()},
+            predicted_wait=decision.predicted_wait,
+            metrics_available=decision.metrics_available,
+            saturated=decision.saturated,
+            scaling_limited=decision.scaling_limited,
+            cost_per_hour=decision.cost_per_hour(config.policy),
+            last_scale_time=decision.history.last_scale_time,
+            arrival_rate=obs.arrival_rate,
+            arrival_cv=obs.arrival_cv,
+            service_time=obs.service_time,
+            service_cv=obs.service_cv,
+            prefill_time=obs.prefill_time,
+            ready_replicas=obs.ready_replicas,
+            unschedulable_replicas=obs.unschedulable_replicas,
+            cold_start_seconds=obs.cold_start_seconds,
+            metrics_age_seconds=obs.metrics_age_seconds,
+            prometheus_error=prometheus_error,
+            hand_edit_reverted=hand_edited,
+        )
+
+
+def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float) -> None:
+    """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag)."""
+    kopf.on.create(*RESOURCE, id="create-workload", registry=registry)(operator.ensure)
+    kopf.on.resume(*RESOURCE, id="resume-workload", registry=registry)(operator.ensure)
+    kopf.on.update(*RESOURCE, id="update-workload", field="spec", registry=registry)(operator.ensure)
+    kopf.timer(*RESOURCE, id="autoscale", interval=interval, registry=registry)(operator.autoscale)
+    kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry)(operator.forget)

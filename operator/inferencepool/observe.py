@@ -1,0 +1,408 @@
+"""What the pools look like now: vLLM's metrics from Prometheus, and cold starts and GPU shortages from pods.
+
+One PromQL query per signal serves every pool (grouped by the pool label), so the load on Prometheus does
+not grow with the number of pools. The parsing is pure and separate from the HTTP calls so it can be
+tested on canned query results.
+
+Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
+- arrival rate = completion rate (vllm:request_success_total) + growth of the requests in the system
+  (deriv of vllm:num_requests_waiting + vllm:num_requests_running). Completions alone lag arrivals and are
+  capped by capacity exactly when it matters; conservation of requests closes the gap.
+- service time = mean of vllm:request_inference_time_seconds (the time a slot is busy); its coefficient
+  of variation from the histogram buckets. Falls back to e2e latency - queue time on older vLLM.
+- arrival CV from the dispersion of short-window request counts (index of dispersion ~ ca^2), floored at
+  1 (Poisson): completions are smoother than arrivals, so smoother-than-Poisson readings are not trusted.
+- freshness = the newest sample's timestamp; no sample or a stale one leaves every rate unknown (None).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from inferencepool.policy import Observations
+
+PoolKey = tuple[str, str]  # (namespace, pool); namespace "" when the series carry no namespace label
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    rate_window: str = "2m"  # the window of every rate; shorter reacts faster, longer is steadier
+    burst_window: str = "15s"  # the short windows whose count dispersion estimates the arrival CV
+    pool_label: str = "pool"  # the series label that names the pool
+    namespace_label: str = "namespace"
+    # "vllm_" where the names arrive escaped: prometheus_client's OpenMetrics output turns "vllm:" into
+    # "vllm_" for a scraper that does not ask for UTF-8 names (Prometheus 2.x).
+    metric_prefix: str = "vllm:"
+
+    @property
+    def burst_seconds(self) -> float:
+        return parse_duration(self.burst_window)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a PromQL duration such as 30s, 2m or 1h30m."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    total, number = 0.0, ""
+    i = 0
+    while i < len(text):
+        if text[i].isdigit():
+            number += text[i]
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else text[i]
+        if not number or unit not in units:
+            raise ValueError(f"not a PromQL duration: {text!r} (expected e.g. 30s, 2m, 1h)")
+        total += int(number) * units[unit]
+        number, i = "", i + len(unit)
+    if number or total <= 0:
+        raise ValueError(f"not a PromQL duration: {text!r} (expected e.g. 30s, 2m, 1h)")
+    return total
+
+
+def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
+    """The PromQL for every signal, for all pools at once (pool-specific matchers go in `matchers`)."""
+    s = settings
+    by = f"{s.namespace_label}, {s.pool_label}"
+    sel = "{" + ", ".join(m for m in (f'{s.pool_label}!=""', matchers.strip().strip(",")) if m) + "}"
+    w = s.rate_window
+
+    def rate(metric: str, extra_by: str = "") -> str:
+        return f"sum by ({by}{extra_by}) (rate({metric}{sel}[{w}]))"
+
+    def mean(histogram: str) -> str:
+        return f"{rate(histogram + '_sum')} / {rate(histogram + '_count')}"
+
+    burst_rate = f"sum by ({by}) (rate(vllm:request_success_total{sel}[{s.burst_window}]))[{w}:{s.burst_window}]"
+    queries = {
+        "completion_rate": rate("vllm:request_success_total"),
+        "in_system_growth": (
+            f"sum by ({by}) (deriv(vllm:num_requests_waiting{sel}[{w}]))"
+            f" + sum by ({by}) (deriv(vllm:num_requests_running{sel}[{w}]))"
+        ),
+        "waiting": f"sum by ({by}) (vllm:num_requests_waiting{sel})",
+        "running": f"sum by ({by}) (vllm:num_requests_running{sel})",
+        "newest_sample": f"max by ({by}) (timestamp(vllm:num_requests_running{sel}))",
+        "service_mean": mean("vllm:request_inference_time_seconds"),
+        "service_buckets": rate("vllm:request_inference_time_seconds_bucket", ", le"),
+        "e2e_mean": mean("vllm:e2e_request_latency_seconds"),
+        "queue_mean": mean("vllm:request_queue_time_seconds"),
+        "prefill_mean": mean("vllm:request_prefill_time_seconds"),
+        "queue_buckets": rate("vllm:request_queue_time_seconds_bucket", ", le"),
+        "ttft_buckets": rate("vllm:time_to_first_token_seconds_bucket", ", le"),
+        "burst_rate_var": f"stdvar_over_time({burst_rate})",
+        "burst_rate_mean": f"avg_over_time({burst_rate})",
+    }
+    return {name: promql.replace("vllm:", s.metric_prefix) for name, promql in queries.items()}
+
+
+# ---------------------------------------------------------------- pure parsing
+
+
+def _finite(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _key(metric: Mapping, settings: QuerySettings) -> PoolKey:
+    return (metric.get(settings.namespace_label, ""), metric.get(settings.pool_label, ""))
+
+
+def parse_vector(result: Iterable[Mapping], settings: QuerySettings) -> dict[PoolKey, float]:
+    """An instant-vector result as {pool: value}; NaN and infinite values are left out (= unknown)."""
+    values = {}
+    for sample in result:
+        value = _finite(sample["value"][1])
+        if value is not None:
+            values[_key(sample["metric"], settings)] = value
+    return values
+
+
+def parse_buckets(result: Iterable[Mapping], settings: QuerySettings) -> dict[PoolKey, list[tuple[float, float]]]:
+    """A `sum by (pool, le)` of bucket rates as {pool: [(le, cumulative rate), ...]} sorted by le."""
+    buckets: dict[PoolKey, list[tuple[float, float]]] = {}
+    for sample in result:
+        le, value = _finite_le(sample["metric"].get("le")), _finite(sample["value"][1])
+        if le is not None and value is not None:
+            buckets.setdefault(_key(sample["metric"], settings), []).append((le, value))
+    return {key: sorted(pairs) for key, pairs in buckets.items()}
+
+
+def _finite_le(text) -> float | None:
+    if text in ("+Inf", "Inf", "inf"):
+        return math.inf
+    return _finite(text)
+
+
+def histogram_cv(buckets: list[tuple[float, float]], mean: float | None) -> float | None:
+    """Coefficient of variation of a Prometheus histogram, or None when it holds nothing usable.
+
+    Each finite bucket's mass sits at its midpoint (which undoes most of the spread that a uniform
+    within-bucket assumption would add); the +Inf bucket's mass gets the mean that the exact `mean`
+    (sum/count) leaves for it, spread as an exponential tail beyond the last bound. With vLLM's buckets
+    this reads an exponential's CV of 1 as about 1.05-1.1: slightly conservative.
+    """
+    if not buckets or buckets[-1][0] != math.inf or not mean or mean <= 0:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    first = second = 0.0
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        mass = max(cumulative - below, 0.0)
+        if bound == math.inf:
+            if mass > 0:
+                tail_mean = max((mean * total - first) / mass, lower)
+                spread = tail_mean - lower
+                first += mass * tail_mean
+                second += mass * (lower * lower + 2 * lower * spread + 2 * spread * spread)
+        else:
+            middle = (lower + bound) / 2
+            first += mass * middle
+            second += mass * middle * middle
+            lower = bound
+        below = max(cumulative, below)
+    variance = second / total - (first / total) ** 2
+    return math.sqrt(max(variance, 0.0)) / mean
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus's histogram_quantile: linear within the bucket; the last finite bound if in +Inf."""
+    if not buckets or buckets[-1][0] != math.inf or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == math.inf:
+                return lower
+            if cumulative == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower
+
+
+def arrival_cv(rate_var: float | None, rate_mean: float | None, window_seconds: float) -> float:
+    """sqrt of the index of dispersion of counts in `window_seconds`, clamped to [1, 4].
+
+    For a renewal process Var(N)/E(N) -> ca^2 over long windows. Rates r = N/window, so
+    Var(N)/E(N) = Var(r) * window / E(r). With fewer than 10 requests per window the estimate is noise: 1.
+    """
+    if rate_var is None or rate_mean is None or rate_mean * window_seconds < 10:
+        return 1.0
+    dispersion = rate_var * window_seconds / rate_mean
+    return math.sqrt(min(max(dispersion, 1.0), 16.0))
+
+
+@dataclass(frozen=True)
+class PoolMetrics:
+    """What Prometheus says about one pool. None: not known."""
+
+    newest_sample_time: float | None
+    arrival_rate: float | None = None
+    completion_rate: float | None = None
+    arrival_cv: float = 1.0
+    service_time: float | None = None
+    service_cv: float = 1.0
+    prefill_time: float | None = None
+    waiting: float | None = None
+    running: float | None = None
+    queue_buckets: tuple[tuple[float, float], ...] = ()
+    ttft_buckets: tuple[tuple[float, float], ...] = ()
+
+
+def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> dict[PoolKey, PoolMetrics]:
+    """Every pool's metrics from the raw results of `queries()` (keyed the same way)."""
+    vec = {name: parse_vector(results.get(name, []), settings) for name in results if not name.endswith("_buckets")}
+    hist = {name: parse_buckets(results.get(name, []), settings) for name in results if name.endswith("_buckets")}
+
+    def get(name: str, key: PoolKey) -> float | None:
+        return vec.get(name, {}).get(key)
+
+    pools = {}
+    for key, newest in vec.get("newest_sample", {}).items():
+        completions = get("completion_rate", key)
+        arrival = None if completions is None else max(completions + (get("in_system_growth", key) or 0.0), 0.0)
+        service = get("service_mean", key)
+        if service is None:
+            e2e, queued = get("e2e_mean", key), get("queue_mean", key)
+            if e2e is not None and queued is not None and e2e > queued:
+                service = e2e - queued
+        service_cv = histogram_cv(hist.get("service_buckets", {}).get(key, []), service)
+        pools[key] = PoolMetrics(
+            newest_sample_time=newest,
+            arrival_rate=arrival,
+            completion_rate=completions,
+            arrival_cv=arrival_cv(get("burst_rate_var", key), get("burst_rate_mean", key), settings.burst_seconds),
+            service_time=service,
+            service_cv=1.0 if service_cv is None else min(service_cv, 10.0),
+            prefill_time=get("prefill_mean", key),
+            waiting=get("waiting", key),
+            running=get("running", key),
+            queue_buckets=tuple(hist.get("queue_buckets", {}).get(key, [])),
+            ttft_buckets=tuple(hist.get("ttft_buckets", {}).get(key, [])),
+        )
+    return pools
+
+
+def find(pools: Mapping[PoolKey, PoolMetrics], namespace: str, name: str) -> PoolMetrics | None:
+    """A pool's metrics; series without a namespace label match a pool of that name in any namespace."""
+    return pools.get((namespace, name)) or pools.get(("", name))
+
+
+def observations(
+    metrics: PoolMetrics | None,
+    now: float,
+    current_replicas: int,
+    ready_replicas: int = 0,
+    unschedulable_replicas: int = 0,
+    cold_start_seconds: float | None = None,
+) -> Observations:
+    """Observations for policy.decide(); without fresh samples every rate is None, so decide() holds."""
+    base = Observations(
+        time=now,
+        current_replicas=current_replicas,
+        ready_replicas=ready_replicas,
+        unschedulable_replicas=unschedulable_replicas,
+        cold_start_seconds=cold_start_seconds,
+    )
+    if metrics is None or metrics.newest_sample_time is None:
+        return base
+    m = metrics
+    return Observations(
+        time=now,
+        current_replicas=current_replicas,
+        ready_replicas=ready_replicas,
+        arrival_rate=m.arrival_rate,
+        service_time=m.service_time,
+        arrival_cv=m.arrival_cv,
+        service_cv=m.service_cv,
+        prefill_time=m.prefill_time,
+        waiting=m.waiting,
+        running=m.running,
+        unschedulable_replicas=unschedulable_replicas,
+        cold_start_seconds=cold_start_seconds,
+        metrics_age_seconds=max(now - m.newest_sample_time, 0.0),
+    )
+
+
+# ---------------------------------------------------------------- pods (plain dicts, as the API returns them)
+
+
+def _timestamp(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _condition(pod: Mapping, kind: str) -> Mapping | None:
+    for condition in (pod.get("status") or {}).get("conditions") or ():
+        if condition.get("type") == kind:
+            return condition
+    return None
+
+
+def cold_start_seconds(pods: Iterable[Mapping], recent: int = 5) -> float | None:
+    """The longest creation -> Ready time among the `recent` newest Ready pods: the horizon to plan over."""
+    starts = []
+    for pod in pods:
+        ready = _condition(pod, "Ready")
+        created = _timestamp((pod.get("metadata") or {}).get("creationTimestamp"))
+        if ready and ready.get("status") == "True" and created is not None:
+            became_ready = _timestamp(ready.get("lastTransitionTime"))
+            if became_ready is not None:
+                starts.append((created, became_ready - created))
+    newest = sorted(starts, reverse=True)[:recent]
+    return max((seconds for _, seconds in newest), default=None)
+
+
+def unschedulable_pods(pods: Iterable[Mapping]) -> list[tuple[str, str]]:
+    """(pod name, scheduler message) for pods Pending because no node fits (typically: no free GPU)."""
+    stuck = []
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Pending" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        scheduled = _condition(pod, "PodScheduled")
+        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            stuck.append((pod["metadata"]["name"], scheduled.get("message", "")))
+    return stuck
+
+
+# ---------------------------------------------------------------- the HTTP shell
+
+
+class PrometheusUnavailable(RuntimeError):
+    """Prometheus could not be asked or answered with an error; the pools hold."""
+
+
+def _connect(url: str):
+    from prometheus_api_client import PrometheusConnect
+    from urllib3.util.retry import Retry
+
+    return PrometheusConnect(url=url, retry=Retry(total=1, backoff_factor=0.2), timeout=10)
+
+
+class PrometheusReader:
+    """Reads all pools' signals once per `ttl` seconds per (Prometheus URL, matchers) and shares the answer.
+
+    Every pool's timer asks; the first one after the cache expires runs the queries, the others (and
+    those waiting on the lock meanwhile) reuse them. A failure is cached too, so a down Prometheus is
+    asked once per ttl, not once per pool.
+    """
+
+    def __init__(
+        self,
+        default_url: str,
+        settings: QuerySettings = QuerySettings(),
+        ttl: float = 7.5,
+        connect: Callable[[str], object] = _connect,
+        clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ):
+        self.default_url = default_url
+        self.settings = settings
+        self.ttl = ttl
+        self._connect = connect
+        self._clock = clock
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._cache: dict[tuple[str, str], tuple[float, dict | Exception]] = {}
+        self._clients: dict[str, object] = {}
+
+    def read(self, url: str | None = None, matchers: str = "") -> dict[PoolKey, PoolMetrics]:
+        """All pools' metrics from that Prometheus; raises PrometheusUnavailable."""
+        key = (url or self.default_url, matchers.strip())
+        with self._lock:
+            key_lock = self._locks.setdefault(key, threading.Lock())
+        with key_lock:
+            cached = self._cache.get(key)
+            if cached is None or self._clock() - cached[0] >= self.ttl:
+                cached = (self._clock(), self._fetch(*key))
+                self._cache[key] = cached
+        if isinstance(cached[1], Exception):
+            raise cached[1]
+        return cached[1]
+
+    def _fetch(self, url: str, matchers: str) -> dict[PoolKey, PoolMetrics] | Exception:
+        results = {}
+        for name, promql in queries(self.settings, matchers).items():
+            try:
+                client = self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
+                results[name] = client.custom_query(promql)
+            except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash
+                if self._on_error:
+                    self._on_error(name, error)
+                return PrometheusUnavailable(f"Prometheus at {url} failed on {name}: {error}")
+        return pool_metrics(results, self.settings)

@@ -1,0 +1,173 @@
+"""`inferencepool run`: the operator (kopf) that autoscales InferencePools.
+
+Wire it into a CLI with `run.add_parser(subparsers)` and call `run.run(args)`; or `python -m inferencepool.run`.
+Standalone by default (one operator replica); `--peering NAME` turns on kopf's peering so that of several
+replicas only one acts (needs crds/kopf-peering.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+DEFAULT_PROMETHEUS = os.environ.get("INFERENCEPOOL_PROMETHEUS_URL", "http://localhost:9090")
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def _promql_duration(text: str) -> str:
+    from inferencepool.observe import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch pools in this namespace (repeatable); default: all namespaces")
+    where.add_argument("--all-namespaces", "-A", action="store_true", help="watch pools in every namespace (default)")
+    parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS,
+                        help="Prometheus that scrapes the vLLM pods (env INFERENCEPOOL_PROMETHEUS_URL; default %(default)s)")
+    parser.add_argument("--interval", type=_positive_seconds, default=15.0, metavar="SECONDS",
+                        help="seconds between two decisions for a pool (default %(default)s)")
+    parser.add_argument("--rate-window", type=_promql_duration, default="2m", metavar="DURATION",
+                        help="PromQL window of every rate, e.g. 30s or 2m (default %(default)s)")
+    parser.add_argument("--burst-window", type=_promql_duration, default="15s", metavar="DURATION",
+                        help="short windows whose count dispersion estimates the arrival CV (default %(default)s)")
+    parser.add_argument("--pool-label", default="pool",
+                        help="the label that names the pool on vLLM's series in Prometheus (default %(default)s)")
+    parser.add_argument("--namespace-label", default="namespace",
+                        help="the label that names the namespace on vLLM's series (default %(default)s)")
+    parser.add_argument("--metric-prefix", default="vllm:", choices=("vllm:", "vllm_"),
+                        help='prefix of vLLM\'s series in Prometheus: "vllm_" where OpenMetrics scrapes escaped the colon')
+    parser.add_argument("--metrics-port", type=int, default=9808,
+                        help="port of the operator's own /metrics; 0 turns it off (default %(default)s)")
+    parser.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics (default %(default)s)")
+    parser.add_argument("--log-format", choices=("json", "console"), default="json")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--peering", metavar="NAME",
+                        help="run with kopf peering under this name, for more than one operator replica")
+    parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica (default %(default)s)")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `run` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "run", help="run the operator that autoscales InferencePools",
+        description="Run the InferencePool operator: keep each pool's vLLM Deployment sized for its SLO.",
+    )
+    return configure_parser(parser)
+
+
+def build(args: argparse.Namespace):
+    """The kopf registry, settings and operator for these arguments (no network yet)."""
+    import kopf
+
+    from inferencepool import handlers, observe
+    from inferencepool.metrics import OperatorMetrics
+
+    query = observe.QuerySettings(
+        rate_window=args.rate_window,
+        burst_window=args.burst_window,
+        pool_label=args.pool_label,
+        namespace_label=args.namespace_label,
+        metric_prefix=args.metric_prefix,
+    )
+    config = handlers.OperatorConfig(prometheus_url=args.prometheus_url, interval=args.interval, query=query)
+    metrics = OperatorMetrics()
+    reader = observe.PrometheusReader(
+        config.prometheus_url,
+        query,
+        ttl=config.interval / 2,
+        on_error=lambda signal, _error: metrics.prometheus_errors.labels(signal).inc(),
+    )
+    operator = handlers.Operator(config, reader, handlers.Kube(), metrics)
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
+    handlers.register(registry, operator, config.interval)
+
+    settings = kopf.OperatorSettings()
+    prefix = "autoscaling.inferencepool.dev"
+    settings.persistence.finalizer = f"{prefix}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix, key="last-handled-spec")
+    settings.posting.level = logging.INFO
+    settings.peering.standalone = not args.peering
+    if args.peering:
+        settings.peering.name = args.peering
+        settings.peering.priority = args.priority
+    return registry, settings, operator, metrics
+
+
+def _load_kube_config(kubeconfig: str | None) -> None:
+    """The kubernetes client's config, shared with kopf's login (which reads the same sources)."""
+    from kubernetes import config
+
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
+        config.load_kube_config(config_file=kubeconfig)
+        return
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the operator until SIGINT/SIGTERM; returns the process exit code."""
+    import kopf
+
+    from inferencepool import logs
+
+    logs.configure(args.log_format, args.log_level)
+    log = logs.get("inferencepool.run")
+    try:
+        _load_kube_config(args.kubeconfig)
+    except Exception as error:  # noqa: BLE001 - any failure here is "no cluster to talk to"
+        log.error("no Kubernetes configuration", error=str(error))
+        return 2
+    registry, settings, _, metrics = build(args)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, args.metrics_address)
+    log.info(
+        "starting",
+        namespaces=args.namespace or "all",
+        prometheus_url=args.prometheus_url,
+        interval=args.interval,
+        rate_window=args.rate_window,
+        metrics_port=args.metrics_port,
+        peering=args.peering or "standalone",
+    )
+    kopf.run(
+        registry=registry,
+        settings=settings,
+        standalone=not args.peering,
+        peering_name=args.peering,
+        priority=args.priority,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="inferencepool run", description=__doc__.splitlines()[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Read an InferencePool's spec into the decision's PoolSpec and what the workload needs.
+
+The CRD schema rejects most bad manifests at `kubectl apply`; this parser is the second line: a pool the
+operator cannot use is reported in its status (Ready=False, reason InvalidSpec) with an error that names
+the field and the fix, and never crashes the operator. Defaults here match the CRD's schema defaults
+(tests/test_spec.py checks that they agree), so objects stored before a default existed read the same.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from inferencepool.policy import PoolSpec
+
+GROUP = "autoscaling.inferencepool.dev"
+VERSION = "v1alpha1"
+PLURAL = "inferencepools"
+KIND = "InferencePool"
+
+SLO_METRICS = {"QueueWait": "wait", "TimeToFirstToken": "ttft"}
+MEASURED = "Measured"
+
+DEFAULTS = {
+    "engine.image": "vllm/vllm-openai:v0.10.2",
+    "engine.port": 8000,
+    "gpu.perReplica": 1,
+    "slo.metric": "QueueWait",
+    "slo.percentile": 0.99,
+    "minReplicas": 1,
+    "scaleDown.stabilizationWindowSeconds": 300,
+    "scaleDown.maxStep": 1,
+    "prediction.enabled": True,
+    "prediction.horizon": MEASURED,
+    "prediction.coldStartSeconds": 180,
+    "prediction.quantile": 0.9,
+    "metrics.maxAgeSeconds": 120,
+    "cost.gpuHourPrice": "0",
+    "cost.currency": "USD",
+}
+_REQUIRED = object()
+
+
+class SpecError(ValueError):
+    """A spec field the operator cannot use; str() reads `spec.<field>: <what is wrong, and the fix>`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"spec.{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool as the operator uses it: the scaling policy plus the vLLM workload and its metrics."""
+
+    policy: PoolSpec
+    model_name: str  # the name clients ask for (vLLM --served-model-name)
+    model_source: str  # what vLLM loads: a Hugging Face id or a path inside the pod
+    model_pvc: str | None  # a PersistentVolumeClaim mounted read-only at MODEL_MOUNT
+    image: str
+    port: int
+    extra_args: tuple[str, ...]
+    env: tuple[dict, ...]  # container env entries, passed through as written
+    gpu_product: str | None  # node label nvidia.com/gpu.product
+    tolerations: tuple[dict, ...]  # extra pod tolerations, passed through as written
+    node_selector: dict  # extra node labels the pods need
+    prometheus_url: str | None  # None: the operator's --prometheus-url
+    matchers: str  # extra PromQL label matchers, e.g. 'cluster="eu-1"'
+    currency: str
+
+    @property
+    def slots(self) -> int:
+        return self.policy.slots_per_replica
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.policy.gpus_per_replica
+
+
+def _lookup(spec: Mapping, path: str, default=_REQUIRED):
+    node, parts = spec, path.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, Mapping):
+            raise SpecError(".".join(parts[:depth]), f"must be an object, got {node!r}")
+        node = node.get(part)
+        if node is None:
+            break
+    if node is None:
+        default = DEFAULTS.get(path, default)
+        if default is _REQUIRED:
+            raise SpecError(path, "is required")
+        return default
+    return node
+
+
+def _integer(spec: Mapping, path: str, low: int, high: int | None = None, default=_REQUIRED) -> int | None:
+    value = _lookup(spec, path, default)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"must be a whole number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise SpecError(path, f"must be {bounds}, got {value}")
+    return value
+
+
+def _number(spec: Mapping, path: str, check, expected: str, default=_REQUIRED) -> float:
+    value = _lookup(spec, path, default)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise SpecError(path, f"must be {expected}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not check(value):
+        raise SpecError(path, f"must be {expected}, got {value!r}")
+    return float(value)
+
+
+def _text(spec: Mapping, path: str, default=_REQUIRED) -> str | None:
+    value = _lookup(spec, path, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(path, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _list(spec: Mapping, path: str, item_type: type) -> tuple:
+    value = _lookup(spec, path, [])
+    if not isinstance(value, list) or not all(isinstance(v, item_type) for v in value):
+        raise SpecError(path, f"must be a list of {item_type.__name__}s")
+    return tuple(value)
+
+
+def _horizon(spec: Mapping) -> float | None:
+    value = _lookup(spec, "prediction.horizon")
+    if value == MEASURED:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\d+s?", value.strip()):
+        value = int(value.strip().rstrip("s"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise SpecError("prediction.horizon", f"must be Measured or a number of seconds > 0 such as 120, got {value!r}")
+    return float(value)
+
+
+def parse(spec: Mapping) -> PoolConfig:
+    """The pool's config, or SpecError naming the first field that cannot be used."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("", "must be an object")
+    metric = _lookup(spec, "slo.metric")
+    if metric not in SLO_METRICS:
+        raise SpecError("slo.metric", f"must be one of {', '.join(SLO_METRICS)}, got {metric!r}")
+    percentile = _number(spec, "slo.percentile", lambda p: 0 < p < 1, "a number strictly between 0 and 1, e.g. 0.99")
+    target = _number(spec, "slo.targetSeconds", lambda t: t > 0, "a number of seconds > 0, e.g. 10")
+    gpus = _integer(spec, "gpu.perReplica", 1, 64)
+    min_replicas = _integer(spec, "minReplicas", 1, 10000)
+    max_replicas = _integer(spec, "maxReplicas", 1, 10000)
+    if min_replicas > max_replicas:
+        raise SpecError(
+            "minReplicas", f"must not exceed maxReplicas ({min_replicas} > {max_replicas}); raise maxReplicas or lower minReplicas"
+        )
+    max_gpus = _integer(spec, "maxGPUs", 1, default=None)
+    if max_gpus is not None and max_gpus < min_replicas * gpus:
+        raise SpecError(
+            "maxGPUs",
+            f"must be at least minReplicas x gpu.perReplica = {min_replicas * gpus} so the warm floor fits, got {max_gpus}",
+        )
+    price = _number(spec, "cost.gpuHourPrice", lambda p: p >= 0, 'a price >= 0 such as "2.50"')
+    policy = PoolSpec(
+        slo_metric=SLO_METRICS[metric],
+        slo_percentile=percentile,
+        slo_target_seconds=target,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        max_gpus=max_gpus,
+        gpus_per_replica=gpus,
+        slots_per_replica=_integer(spec, "slotsPerReplica", 1, 4096),
+        scale_down_window_seconds=float(_integer(spec, "scaleDown.stabilizationWindowSeconds", 0, 86400)),
+        scale_down_max_step=_integer(spec, "scaleDown.maxStep", 1, 10000),
+        prediction=bool(_lookup(spec, "prediction.enabled")),
+        prediction_horizon_seconds=_horizon(spec),
+        default_cold_start_seconds=float(_integer(spec, "prediction.coldStartSeconds", 1, 86400)),
+        forecast_quantile=_number(spec, "prediction.quantile", lambda q: 0.5 <= q < 1, "a number in [0.5, 1), e.g. 0.9"),
+        max_metrics_age_seconds=float(_integer(spec, "metrics.maxAgeSeconds", 1, 86400)),
+        gpu_hour_price=price,
+    )
+    name = _text(spec, "model.name")
+    node_selector = _lookup(spec, "scheduling.nodeSelector", {})
+    if not isinstance(node_selector, Mapping) or not all(isinstance(v, str) for v in node_selector.values()):
+        raise SpecError("scheduling.nodeSelector", "must map label names to string values")
+    return PoolConfig(
+        policy=policy,
+        model_name=name,
+        model_source=_text(spec, "model.source", name),
+        model_pvc=_text(spec, "model.pvcName", None),
+        image=_text(spec, "engine.image"),
+        port=_integer(spec, "engine.port", 1, 65535),
+        extra_args=_list(spec, "engine.extraArgs", str),
+        env=_list(spec, "engine.env", dict),
+        gpu_product=_text(spec, "gpu.product", None),
+        tolerations=_list(spec, "scheduling.tolerations", dict),
+        node_selector=dict(node_selector),
+        prometheus_url=_text(spec, "metrics.prometheusURL", None),
+        matchers=(_lookup(spec, "metrics.matchers", "") or "").strip(),
+        currency=_text(spec, "cost.currency"),
+    )

@@ -1,0 +1,304 @@
+"""The operator's glue driven without kopf or a cluster: fake Kubernetes, fake Prometheus, real decide()."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import kopf
+import pytest
+from prometheus_client import CollectorRegistry
+
+from inferencepool import handlers, observe, policy
+from inferencepool.metrics import OperatorMetrics
+from inferencepool.queueing import Queue
+from inferencepool.spec import parse
+
+SPEC = {
+    "model": {"name": "llama"},
+    "gpu": {"product": "NVIDIA-L4", "perReplica": 1},
+    "slo": {"targetSeconds": 2, "percentile": 0.99},
+    "minReplicas": 1,
+    "maxReplicas": 10,
+    "slotsPerReplica": 4,
+    "prediction": {"enabled": False},
+    "cost": {"gpuHourPrice": "1.50"},
+}
+
+
+class FakeKube:
+    def __init__(self):
+        self.deployments: dict[tuple, dict] = {}
+        self.applied: list[str] = []
+        self.scaled: list[int] = []
+        self.pod_list: list[dict] = []
+
+    def apply(self, manifest):
+        key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        self.applied.append(manifest["kind"])
+        if manifest["kind"] == "Deployment":
+            live = self.deployments.setdefault(key, {"spec": {"replicas": 1}, "status": {}, "metadata": {}})
+            live["metadata"] = {**copy.deepcopy(manifest["metadata"]), "managedFields": live["metadata"].get("managedFields", [])}
+
+    def deployment(self, namespace, name):
+        return copy.deepcopy(self.deployments.get((namespace, name)))
+
+    def pods(self, namespace, name):
+        return self.pod_list
+
+    def scale(self, namespace, name, replicas, manager=handlers.SCALER_MANAGER):
+        live = self.deployments[(namespace, name)]
+        live["spec"]["replicas"] = replicas
+        live["metadata"]["managedFields"] = [{"manager": manager, "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+        if manager == handlers.SCALER_MANAGER:
+            self.scaled.append(replicas)
+
+    def set_ready(self, n):
+        for live in self.deployments.values():
+            live["status"]["readyReplicas"] = n
+
+
+class FakeReader:
+    def __init__(self):
+        self.pools: dict | Exception = {}
+
+    def read(self, url=None, matchers=""):
+        if isinstance(self.pools, Exception):
+            raise self.pools
+        return self.pools
+
+
+class Pool:
+    """A pool object whose status is updated from each tick's patch, as the API server would."""
+
+    def __init__(self, spec=SPEC):
+        self.raw = {
+            "apiVersion": "autoscaling.inferencepool.dev/v1alpha1",
+            "kind": "InferencePool",
+            "metadata": {"name": "llama", "namespace": "serving", "uid": "uid-1", "generation": 1},
+            "spec": copy.deepcopy(spec),
+            "status": {},
+        }
+
+    def tick(self, operator, handler="autoscale"):
+        patch = kopf.Patch()
+        getattr(operator, handler)(body=kopf.Body(self.raw), status=copy.deepcopy(self.raw["status"]), patch=patch)
+        for key, value in (patch.get("status") or {}).items():
+            if value is None:
+                self.raw["status"].pop(key, None)
+            else:
+                self.raw["status"][key] = value
+        return self.raw["status"]
+
+
+@pytest.fixture
+def events(monkeypatch):
+    seen = []
+    monkeypatch.setattr(kopf, "info", lambda body, reason, message: seen.append(("Normal", reason, message)))
+    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: seen.append(("Warning", reason, message)))
+    return seen
+
+
+@pytest.fixture
+def world():
+    kube, reader = FakeKube(), FakeReader()
+    config = handlers.OperatorConfig(interval=3)
+    operator = handlers.Operator(config, reader, kube, OperatorMetrics(CollectorRegistry()))
+    return operator, kube, reader
+
+
+def metrics(rate, service=1.0, age=1.0, **extra):
+    import time
+
+    return {("serving", "llama"): observe.PoolMetrics(
+        newest_sample_time=time.time() - age, arrival_rate=rate, completion_rate=rate, service_time=service, **extra
+    )}
+
+
+def erlang_c_replicas(rate, service, slots=4, target=2.0, p=0.99):
+    return math.ceil(Queue(rate, service).servers_for_wait_quantile(target, p) / slots)
+
+
+def condition(status, kind):
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def test_first_tick_creates_the_workload_and_scales_to_the_erlang_c_answer(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    status = Pool().tick(operator)
+    expected = erlang_c_replicas(12.0, 1.5)
+    assert expected > 1
+    assert kube.applied == ["Deployment", "Service"]
+    assert kube.scaled == [expected]
+    assert status["desiredReplicas"] == expected and status["constraint"] == "slo"
+    assert status["arrivalRate"] == 12.0 and status["serviceTimeSeconds"] == 1.5
+    assert status["costPerHour"] == f"{expected * 1.5:.2f} USD"
+    assert status["predictedWait"].startswith("p99 wait ")
+    assert [w["replicas"] for w in status["waitExceedsTarget"]] == [expected - 1, expected, expected + 1]
+    assert condition(status, "MetricsAvailable")["status"] == "True"
+    assert condition(status, "Ready")["reason"] == "NoReadyReplicas"
+    assert json.loads(status["history"])["last_service_time"] == 1.5
+    assert status["lastScaleReason"] == status["reason"]
+    assert ("Normal", "ScaledUp", status["reason"]) in events
+
+
+def test_second_tick_patches_nothing_when_nothing_changes(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    pool = Pool()
+    pool.tick(operator)
+    kube.set_ready(kube.scaled[-1])
+    events.clear()
+    status = pool.tick(operator)
+    assert len(kube.scaled) == 1 and kube.applied == ["Deployment", "Service"]
+    assert condition(status, "Ready")["status"] == "True"
+    assert [e[1] for e in events] == ["Serving"]  # recovery noted once, no scale event
+
+
+def test_missing_metrics_hold_and_say_why_once(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    pool = Pool()
+    pool.tick(operator)
+    scaled = kube.scaled[-1]
+    reader.pools = {}
+    events.clear()
+    status = pool.tick(operator)
+    assert kube.scaled == [scaled] and status["desiredReplicas"] == scaled
+    metrics_condition = condition(status, "MetricsAvailable")
+    assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "MetricsMissing")
+    assert "never scaling down without metrics" in metrics_condition["message"]
+    assert "arrivalRate" not in status
+    assert [e[:2] for e in events] == [("Warning", "MetricsMissing")]
+    events.clear()
+    pool.tick(operator)
+    assert events == []  # not once per tick
+
+
+def test_stale_metrics_and_prometheus_errors_hold_too(world, events):
+    operator, kube, reader = world
+    pool = Pool()
+    reader.pools = metrics(rate=12.0, service=1.5)
+    pool.tick(operator)
+    reader.pools = metrics(rate=0.0, service=1.5, age=600)
+    status = pool.tick(operator)
+    assert condition(status, "MetricsAvailable")["reason"] == "MetricsStale" and len(kube.scaled) == 1
+    reader.pools = observe.PrometheusUnavailable("Prometheus at http://x failed on waiting: refused")
+    status = pool.tick(operator)
+    assert condition(status, "MetricsAvailable")["reason"] == "PrometheusUnavailable" and len(kube.scaled) == 1
+
+
+def test_a_hand_edit_is_put_back_with_an_event(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    pool = Pool()
+    pool.tick(operator)
+    desired = kube.scaled[-1]
+    kube.scale("serving", "llama", 9, manager="kubectl")
+    events.clear()
+    status = pool.tick(operator)
+    assert kube.scaled[-1] == desired and status["desiredReplicas"] == desired
+    assert events[0][:2] == ("Warning", "ReplicasRestored") and "set to 9" in events[0][2]
+
+
+def test_invalid_spec_is_reported_not_crashed_on(world, events):
+    operator, kube, reader = world
+    pool = Pool({**SPEC, "slo": {"targetSeconds": 2, "percentile": 1.5}})
+    status = pool.tick(operator)
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert ready["message"].startswith("spec.slo.percentile: must be a number strictly between 0 and 1")
+    assert kube.applied == [] and kube.scaled == []
+    assert [e[:2] for e in events] == [("Warning", "InvalidSpec")]
+    pool.tick(operator, "ensure")
+    assert len(events) == 1
+
+
+def test_pending_pods_stop_further_scale_up(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=2.0, service=1.0)
+    pool = Pool()
+    current = pool.tick(operator)["desiredReplicas"]
+    kube.pod_list = [{
+        "metadata": {"name": "llama-x", "creationTimestamp": "2025-01-01T00:00:00Z"},
+        "status": {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]},
+    }]
+    reader.pools = metrics(rate=30.0, service=1.0)
+    status = pool.tick(operator)
+    assert kube.deployments[("serving", "llama")]["spec"]["replicas"] == current
+    assert status["constraint"] == "unschedulable" and status["desiredReplicas"] == current
+    limited = condition(status, "ScalingLimited")
+    assert (limited["status"], limited["reason"]) == ("True", "InsufficientGPUs")
+    assert "Insufficient nvidia.com/gpu" in limited["message"]
+
+
+def test_overload_goes_to_the_cap_and_says_saturated(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=100.0, service=1.0)  # 100 Erlangs > 10 replicas x 4 slots
+    status = Pool().tick(operator)
+    assert kube.scaled == [10] and status["constraint"] == "max_replicas"
+    assert condition(status, "Saturated")["status"] == "True"
+    assert condition(status, "ScalingLimited")["reason"] == "MaxReplicas"
+
+
+def test_a_restarted_operator_resumes_from_status(world, events):
+    operator, kube, reader = world
+    spec = {**SPEC, "prediction": {"enabled": True, "horizon": 60}}
+    reader.pools = metrics(rate=12.0, service=1.5)
+    pool = Pool(spec)
+    pool.tick(operator)
+    pool.tick(operator)
+    first = policy.History.from_dict(json.loads(pool.raw["status"]["history"]))
+    assert first.forecaster is not None and first.forecaster.count >= 1
+    # a brand-new Operator (a restart) picks the history up from status
+    fresh = handlers.Operator(operator.config, reader, kube, OperatorMetrics(CollectorRegistry()))
+    status = pool.tick(fresh)
+    resumed = policy.History.from_dict(json.loads(status["history"]))
+    assert resumed.forecaster.count == first.forecaster.count + 1 or resumed.forecaster.time > first.forecaster.time
+    assert status["horizonSeconds"] == 60 and status["forecastRate"] is not None
+
+
+def test_changed_template_is_reapplied(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=1.0, service=1.0)
+    pool = Pool()
+    pool.tick(operator)
+    pool.raw["spec"]["engine"] = {"image": "vllm/vllm-openai:v0.11.0"}
+    pool.tick(operator)
+    assert kube.applied == ["Deployment", "Service", "Deployment", "Service"]
+
+
+def test_replicas_manager_reads_managed_fields():
+    d = {"metadata": {"managedFields": [
+        {"manager": "inferencepool", "fieldsV1": {"f:spec": {"f:template": {}}}},
+        {"manager": "kubectl", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+    ]}}
+    assert handlers.replicas_manager(d) == "kubectl"
+    assert handlers.replicas_manager({"metadata": {}}) is None
+
+
+def test_parse_is_what_the_operator_uses():
+    assert parse(SPEC).policy.slots_per_replica == 4
+
+
+def test_conditions_keep_their_transition_time_until_they_change():
+    from inferencepool import status as pool_status
+
+    before = [pool_status.condition("Ready", True, "Serving", "2 of 2", 1000.0, 1)]
+    same = [pool_status.condition("Ready", True, "Serving", "3 of 3", 2000.0, 1)]
+    flipped = [pool_status.condition("Ready", False, "NoReadyReplicas", "0 of 3", 3000.0, 1)]
+    assert pool_status.merge_conditions(before, same)[0]["lastTransitionTime"] == pool_status.timestamp(1000.0)
+    assert pool_status.merge_conditions(before, same)[0]["message"] == "3 of 3"
+    assert pool_status.merge_conditions(before, flipped)[0]["lastTransitionTime"] == pool_status.timestamp(3000.0)
+    assert pool_status.changed(before, same) == [] and pool_status.changed(before, flipped) == flipped
+
+
+def test_status_numbers_are_rounded_and_unknowns_dropped():
+    from inferencepool.status import rounded
+
+    assert rounded(3.14159265) == 3.142 and rounded(0.000123456) == 0.0001235 and rounded(12345.6) == 12350
+    assert rounded(None) is None and rounded(math.inf) is None and rounded(0) == 0.0

@@ -1,0 +1,323 @@
+"""Prometheus results -> per-pool metrics -> Observations; pods -> cold start and GPU shortage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from inferencepool import observe, policy
+from inferencepool.observe import PoolMetrics, QuerySettings
+
+S = QuerySettings(rate_window="2m", burst_window="15s")
+VLLM_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # vLLM's request_latency_buckets
+
+
+def sample(value, pool="llama", namespace="serving", t=1000.0, **labels):
+    metric = {"pool": pool, **({"namespace": namespace} if namespace is not None else {}), **labels}
+    return {"metric": metric, "value": [t, str(value)]}
+
+
+def bucket_samples(values: np.ndarray, pool="llama", scale=1.0):
+    """A `sum by (pool, le) (rate(..._bucket))` result for these observed values."""
+    out = [sample(scale * float((values <= le).sum()), pool=pool, le=str(le)) for le in VLLM_BUCKETS]
+    return out + [sample(scale * len(values), pool=pool, le="+Inf")]
+
+
+def buckets(values: np.ndarray):
+    return [(le, float((values <= le).sum())) for le in VLLM_BUCKETS] + [(math.inf, float(len(values)))]
+
+
+# ---------------------------------------------------------------- queries
+
+
+def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
+    qs = observe.queries(S)
+    assert qs["completion_rate"] == 'sum by (namespace, pool) (rate(vllm:request_success_total{pool!=""}[2m]))'
+    assert "deriv(vllm:num_requests_waiting" in qs["in_system_growth"] and "deriv(vllm:num_requests_running" in qs["in_system_growth"]
+    assert "vllm:request_inference_time_seconds_sum" in qs["service_mean"]
+    assert qs["service_buckets"].startswith("sum by (namespace, pool, le) (rate(vllm:request_inference_time_seconds_bucket")
+    assert "vllm:e2e_request_latency_seconds_sum" in qs["e2e_mean"]
+    assert "vllm:request_queue_time_seconds_count" in qs["queue_mean"]
+    assert "vllm:request_prefill_time_seconds_sum" in qs["prefill_mean"]
+    assert "vllm:time_to_first_token_seconds_bucket" in qs["ttft_buckets"]
+    assert qs["newest_sample"] == 'max by (namespace, pool) (timestamp(vllm:num_requests_running{pool!=""}))'
+    assert "[2m:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
+    assert all("{pool" in q for q in qs.values())
+
+
+def test_pool_matchers_and_label_names_are_configurable():
+    qs = observe.queries(QuerySettings(rate_window="30s", pool_label="ipool", namespace_label="ns"), 'cluster="eu",')
+    assert qs["waiting"] == 'sum by (ns, ipool) (vllm:num_requests_waiting{ipool!="", cluster="eu"})'
+
+
+def test_escaped_metric_names():
+    qs = observe.queries(QuerySettings(metric_prefix="vllm_"))
+    assert "vllm:" not in "".join(qs.values())
+    assert qs["running"] == 'sum by (namespace, pool) (vllm_num_requests_running{pool!=""})'
+
+
+@pytest.mark.parametrize("text, seconds", [("30s", 30), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5)])
+def test_parse_duration(text, seconds):
+    assert observe.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "2x", "m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="not a PromQL duration"):
+        observe.parse_duration(text)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def test_vector_nan_and_inf_are_unknown():
+    result = [sample(2.5, pool="a"), sample("NaN", pool="b"), sample("+Inf", pool="c"), sample(0, pool="d")]
+    assert observe.parse_vector(result, S) == {("serving", "a"): 2.5, ("serving", "d"): 0.0}
+
+
+def test_buckets_sorted_per_pool():
+    result = [sample(3, le="+Inf"), sample(1, le="0.5"), sample(2, le="1.0"), sample(7, pool="b", le="+Inf")]
+    assert observe.parse_buckets(result, S) == {
+        ("serving", "llama"): [(0.5, 1.0), (1.0, 2.0), (math.inf, 3.0)],
+        ("serving", "b"): [(math.inf, 7.0)],
+    }
+
+
+@pytest.mark.parametrize(
+    "name, draw, tolerance",
+    [
+        ("exponential, mean 3s", lambda r, n: r.exponential(3.0, n), 0.12),
+        ("exponential, mean 20s", lambda r, n: r.exponential(20.0, n), 0.15),
+        ("gamma CV 0.5, mean 6s", lambda r, n: r.gamma(4.0, 1.5, n), 0.1),
+        ("lognormal CV 2, mean 5s", lambda r, n: r.lognormal(math.log(5 / math.sqrt(5)), math.sqrt(math.log(5)), n), 0.12),
+    ],
+)
+def test_histogram_cv_against_known_distributions(name, draw, tolerance):
+    """Within ~10-15% on vLLM's coarse buckets, and erring high (more replicas), not low."""
+    values = draw(np.random.default_rng(7), 200_000)
+    true_cv = values.std() / values.mean()
+    estimate = observe.histogram_cv(buckets(values), values.mean())
+    assert estimate == pytest.approx(true_cv, rel=tolerance), name
+    assert estimate >= 0.97 * true_cv, name
+
+
+def test_histogram_cv_of_a_constant_is_small():
+    values = np.full(1000, 4.0)
+    assert observe.histogram_cv(buckets(values), 4.0) < 0.1
+
+
+def test_histogram_cv_uses_the_exact_sum_for_the_open_top_bucket():
+    # half at ~1s, half far beyond the last bound: the tail's mean comes from sum/count
+    values = np.concatenate([np.full(500, 0.9), np.full(500, 9000.0)])
+    estimate = observe.histogram_cv(buckets(values), values.mean())
+    assert estimate == pytest.approx(values.std() / values.mean(), rel=0.05)
+
+
+def test_histogram_cv_unknown_without_data():
+    assert observe.histogram_cv([], 1.0) is None
+    assert observe.histogram_cv([(1.0, 0.0), (math.inf, 0.0)], 1.0) is None
+    assert observe.histogram_cv([(1.0, 2.0), (math.inf, 2.0)], None) is None
+
+
+def test_histogram_quantile_matches_prometheus():
+    b = [(1.0, 50.0), (2.0, 90.0), (5.0, 100.0), (math.inf, 100.0)]
+    assert observe.histogram_quantile(0.5, b) == 1.0
+    assert observe.histogram_quantile(0.25, b) == 0.5
+    assert observe.histogram_quantile(0.7, b) == pytest.approx(1.5)
+    assert observe.histogram_quantile(0.99, b) == pytest.approx(2 + 3 * 0.9)
+    assert observe.histogram_quantile(0.99, [(1.0, 10.0), (math.inf, 20.0)]) == 1.0  # in +Inf: the last bound
+    assert observe.histogram_quantile(0.99, [(1.0, 0.0), (math.inf, 0.0)]) is None
+
+
+def test_arrival_cv_from_count_dispersion():
+    window = 15.0
+    # Poisson counts at 4/s: Var(N) = E(N) = 60 per window -> Var(rate) = 60 / 15^2
+    assert observe.arrival_cv(60 / window**2, 4.0, window) == pytest.approx(1.0)
+    # bursty: dispersion 4 -> ca = 2
+    assert observe.arrival_cv(4 * 60 / window**2, 4.0, window) == pytest.approx(2.0)
+    # smoother than Poisson is not trusted (completions are smoother than arrivals)
+    assert observe.arrival_cv(0.0, 4.0, window) == 1.0
+    # too few requests per window to tell, or unknown
+    assert observe.arrival_cv(10.0, 0.5, window) == 1.0
+    assert observe.arrival_cv(None, 4.0, window) == 1.0
+    assert observe.arrival_cv(1e6, 4.0, window) == 4.0  # capped
+
+
+def canned(**overrides):
+    """Raw results for one pool 'llama': 3 req/s completing, queue growing by 0.5/s, service ~ Exp(2s)."""
+    service = np.random.default_rng(1).exponential(2.0, 20_000)
+    results = {
+        "completion_rate": [sample(3.0)],
+        "in_system_growth": [sample(0.5)],
+        "waiting": [sample(4)],
+        "running": [sample(6)],
+        "newest_sample": [sample(995.0)],
+        "service_mean": [sample(service.mean())],
+        "service_buckets": bucket_samples(service),
+        "e2e_mean": [sample(2.5)],
+        "queue_mean": [sample(0.3)],
+        "prefill_mean": [sample(0.2)],
+        "queue_buckets": [sample(10, le="0.3"), sample(10, le="+Inf")],
+        "ttft_buckets": [sample(10, le="+Inf")],
+        "burst_rate_var": [sample(3.0 / 15)],
+        "burst_rate_mean": [sample(3.0)],
+    }
+    results.update(overrides)
+    return results
+
+
+def test_pool_metrics_from_canned_results():
+    pools = observe.pool_metrics(canned(), S)
+    m = pools[("serving", "llama")]
+    assert m.arrival_rate == pytest.approx(3.5)  # completions + growth of requests in the system
+    assert m.completion_rate == 3.0
+    assert m.service_time == pytest.approx(2.0, rel=0.03)
+    assert m.service_cv == pytest.approx(1.0, abs=0.12)
+    assert m.arrival_cv == pytest.approx(1.0)
+    assert (m.prefill_time, m.waiting, m.running, m.newest_sample_time) == (0.2, 4.0, 6.0, 995.0)
+    assert m.queue_buckets == ((0.3, 10.0), (math.inf, 10.0))
+
+
+def test_arrivals_never_negative_when_the_queue_drains():
+    m = observe.pool_metrics(canned(in_system_growth=[sample(-5.0)]), S)[("serving", "llama")]
+    assert m.arrival_rate == 0.0
+
+
+def test_missing_growth_means_completions_alone():
+    m = observe.pool_metrics(canned(in_system_growth=[]), S)[("serving", "llama")]
+    assert m.arrival_rate == 3.0
+
+
+def test_service_time_falls_back_to_e2e_minus_queue():
+    m = observe.pool_metrics(canned(service_mean=[sample("NaN")], service_buckets=[]), S)[("serving", "llama")]
+    assert m.service_time == pytest.approx(2.2)
+    assert m.service_cv == 1.0
+
+
+def test_no_requests_finished_means_service_time_unknown():
+    results = canned(service_mean=[sample("NaN")], e2e_mean=[sample("NaN")], queue_mean=[sample("NaN")],
+                     completion_rate=[sample(0)], in_system_growth=[sample(0)])
+    m = observe.pool_metrics(results, S)[("serving", "llama")]
+    assert m.arrival_rate == 0.0 and m.service_time is None
+
+
+def test_a_pool_without_fresh_samples_is_absent():
+    pools = observe.pool_metrics(canned(newest_sample=[]), S)
+    assert pools == {}
+    assert observe.find(pools, "serving", "llama") is None
+
+
+def test_many_pools_from_one_result_set():
+    results = canned()
+    for name in ("completion_rate", "newest_sample"):
+        results[name] = results[name] + [sample(7.0 if name == "completion_rate" else 990.0, pool="mistral")]
+    pools = observe.pool_metrics(results, S)
+    assert set(pools) == {("serving", "llama"), ("serving", "mistral")}
+    assert pools[("serving", "mistral")].arrival_rate == 7.0
+    assert pools[("serving", "mistral")].service_time is None
+
+
+def test_series_without_namespace_match_any_namespace():
+    pools = {("", "llama"): PoolMetrics(newest_sample_time=1.0)}
+    assert observe.find(pools, "serving", "llama") is pools[("", "llama")]
+    assert observe.find(pools, "serving", "other") is None
+
+
+# ---------------------------------------------------------------- observations and the hold
+
+
+def test_observations_carry_metrics_and_their_age():
+    m = observe.pool_metrics(canned(), S)[("serving", "llama")]
+    obs = observe.observations(m, now=1000.0, current_replicas=3, ready_replicas=2, unschedulable_replicas=1, cold_start_seconds=95.0)
+    assert (obs.time, obs.current_replicas, obs.ready_replicas, obs.unschedulable_replicas) == (1000.0, 3, 2, 1)
+    assert obs.arrival_rate == pytest.approx(3.5) and obs.metrics_age_seconds == 5.0
+    assert (obs.prefill_time, obs.cold_start_seconds) == (0.2, 95.0)
+
+
+def test_no_metrics_means_unknown_rates_and_decide_holds():
+    obs = observe.observations(None, now=1000.0, current_replicas=4)
+    assert obs.arrival_rate is None and obs.service_time is None
+    decision = policy.decide(policy.PoolSpec(min_replicas=1, max_replicas=8), obs)
+    assert decision.replicas == 4 and not decision.metrics_available
+
+
+def test_stale_metrics_hold_too():
+    m = observe.pool_metrics(canned(completion_rate=[sample(0.0)], in_system_growth=[]), S)[("serving", "llama")]
+    obs = observe.observations(m, now=995.0 + 600, current_replicas=4)
+    assert obs.metrics_age_seconds == 600
+    decision = policy.decide(policy.PoolSpec(min_replicas=1, max_replicas=8, max_metrics_age_seconds=120), obs)
+    assert decision.replicas == 4 and not decision.metrics_available and "old" in decision.reason
+
+
+# ---------------------------------------------------------------- pods
+
+
+def pod(name, created, ready_at=None, phase="Running", scheduled=None):
+    conditions = []
+    if ready_at:
+        conditions.append({"type": "Ready", "status": "True", "lastTransitionTime": ready_at})
+    if scheduled:
+        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": scheduled})
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": {"phase": phase, "conditions": conditions}}
+
+
+def test_cold_start_is_the_slowest_recent_creation_to_ready():
+    pods = [
+        pod("a", "2025-01-01T10:00:00Z", "2025-01-01T10:01:30Z"),  # 90 s
+        pod("b", "2025-01-01T11:00:00Z", "2025-01-01T11:02:00Z"),  # 120 s
+        pod("c", "2025-01-01T12:00:00Z"),  # not Ready yet
+    ]
+    assert observe.cold_start_seconds(pods) == 120.0
+    assert observe.cold_start_seconds(pods, recent=1) == 120.0
+    assert observe.cold_start_seconds([pods[2]]) is None
+
+
+def test_unschedulable_pods_with_the_scheduler_message():
+    message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    pods = [
+        pod("a", "2025-01-01T10:00:00Z", "2025-01-01T10:01:00Z"),
+        pod("b", "2025-01-01T10:00:00Z", phase="Pending", scheduled=message),
+        pod("c", "2025-01-01T10:00:00Z", phase="Pending"),  # pending, but scheduled (pulling, loading)
+    ]
+    assert observe.unschedulable_pods(pods) == [("b", message)]
+
+
+# ---------------------------------------------------------------- the reader: one query per signal per tick
+
+
+class FakeClient:
+    def __init__(self, results, fail=False):
+        self.results, self.fail, self.calls = results, fail, []
+
+    def custom_query(self, query):
+        self.calls.append(query)
+        if self.fail:
+            raise ConnectionError("connection refused")
+        name = next(n for n, q in observe.queries(S).items() if q == query)
+        return self.results.get(name, [])
+
+
+def test_reader_shares_one_batched_read_between_pools_within_the_ttl():
+    client = FakeClient(canned())
+    now = [0.0]
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: now[0])
+    assert observe.find(reader.read(), "serving", "llama").arrival_rate == pytest.approx(3.5)
+    reader.read()  # a second pool, same tick
+    assert len(client.calls) == len(observe.queries(S))
+    now[0] = 6.0
+    reader.read()
+    assert len(client.calls) == 2 * len(observe.queries(S))
+
+
+def test_reader_failure_is_reported_and_cached():
+    client = FakeClient({}, fail=True)
+    errors = []
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: 0.0,
+                                      on_error=lambda signal, error: errors.append(signal))
+    for _ in range(3):
+        with pytest.raises(observe.PrometheusUnavailable, match="connection refused"):
+            reader.read()
+    assert len(client.calls) == 1 and errors == ["completion_rate"]

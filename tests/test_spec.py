@@ -1,0 +1,174 @@
+"""InferencePool spec -> PoolConfig: values, defaults (the same as the CRD's), and errors that name the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inferencepool import spec as pool_spec
+from inferencepool.spec import SpecError, parse
+
+CRD = Path(__file__).resolve().parents[1] / "crds" / "inferencepools.autoscaling.inferencepool.dev.yaml"
+
+MINIMAL = {
+    "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+    "slo": {"targetSeconds": 10},
+    "maxReplicas": 8,
+    "slotsPerReplica": 16,
+}
+
+FULL = {
+    "model": {"name": "llama-70b", "source": "/models/llama-3.1-70b", "pvcName": "weights"},
+    "engine": {"image": "vllm/vllm-openai:v0.9.0", "port": 8080, "extraArgs": ["--max-model-len", "8192"],
+               "env": [{"name": "HF_HOME", "value": "/cache"}]},
+    "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "perReplica": 4},
+    "scheduling": {"nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+    "slo": {"metric": "TimeToFirstToken", "percentile": 0.95, "targetSeconds": 2.5},
+    "minReplicas": 2,
+    "maxReplicas": 10,
+    "maxGPUs": 32,
+    "slotsPerReplica": 64,
+    "scaleDown": {"stabilizationWindowSeconds": 600, "maxStep": 2},
+    "prediction": {"enabled": False, "horizon": 240, "coldStartSeconds": 400, "quantile": 0.95},
+    "metrics": {"prometheusURL": "http://prom:9090", "matchers": 'cluster="eu"', "maxAgeSeconds": 60},
+    "cost": {"gpuHourPrice": "2.50", "currency": "EUR"},
+}
+
+
+def with_(base: dict, path: str, value) -> dict:
+    spec = copy.deepcopy(base)
+    node = spec
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return spec
+
+
+def test_minimal_spec_gets_the_defaults():
+    config = parse(MINIMAL)
+    p = config.policy
+    assert (p.slo_metric, p.slo_percentile, p.slo_target_seconds) == ("wait", 0.99, 10.0)
+    assert (p.min_replicas, p.max_replicas, p.max_gpus, p.gpus_per_replica, p.slots_per_replica) == (1, 8, None, 1, 16)
+    assert (p.scale_down_window_seconds, p.scale_down_max_step) == (300.0, 1)
+    assert p.prediction and p.prediction_horizon_seconds is None and p.default_cold_start_seconds == 180.0
+    assert (p.forecast_quantile, p.max_metrics_age_seconds, p.gpu_hour_price) == (0.9, 120.0, 0.0)
+    assert config.model_source == config.model_name == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (config.image, config.port, config.extra_args, config.gpu_product) == ("vllm/vllm-openai:v0.10.2", 8000, (), None)
+    assert (config.prometheus_url, config.matchers, config.currency) == (None, "", "USD")
+
+
+def test_full_spec_maps_every_field():
+    config = parse(FULL)
+    p = config.policy
+    assert (p.slo_metric, p.slo_percentile, p.slo_target_seconds) == ("ttft", 0.95, 2.5)
+    assert (p.min_replicas, p.max_replicas, p.max_gpus, p.gpus_per_replica, p.slots_per_replica) == (2, 10, 32, 4, 64)
+    assert p.replica_cap == 8
+    assert (p.scale_down_window_seconds, p.scale_down_max_step) == (600.0, 2)
+    assert (p.prediction, p.prediction_horizon_seconds, p.default_cold_start_seconds, p.forecast_quantile) == (False, 240.0, 400.0, 0.95)
+    assert (p.max_metrics_age_seconds, p.gpu_hour_price) == (60.0, 2.5)
+    assert (config.model_name, config.model_source, config.model_pvc) == ("llama-70b", "/models/llama-3.1-70b", "weights")
+    assert (config.image, config.port, config.extra_args) == ("vllm/vllm-openai:v0.9.0", 8080, ("--max-model-len", "8192"))
+    assert config.env == ({"name": "HF_HOME", "value": "/cache"},)
+    assert config.gpu_product == "NVIDIA-H100-80GB-HBM3"
+    assert config.node_selector == {"pool": "gpu"} and config.tolerations == ({"key": "dedicated", "operator": "Exists"},)
+    assert (config.prometheus_url, config.matchers, config.currency) == ("http://prom:9090", 'cluster="eu"', "EUR")
+
+
+@pytest.mark.parametrize("horizon, seconds", [("Measured", None), (300, 300.0), ("300", 300.0), ("300s", 300.0)])
+def test_horizon_is_measured_or_seconds(horizon, seconds):
+    assert parse(with_(MINIMAL, "prediction.horizon", horizon)).policy.prediction_horizon_seconds == seconds
+
+
+@pytest.mark.parametrize("price", ["2.50", 2.5, "0"])
+def test_price_as_string_or_number(price):
+    assert parse(with_(MINIMAL, "cost.gpuHourPrice", price)).policy.gpu_hour_price == float(price)
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("slo.percentile", 1.0, "spec.slo.percentile: must be a number strictly between 0 and 1, e.g. 0.99"),
+        ("slo.percentile", 0, "spec.slo.percentile: must be a number strictly between 0 and 1"),
+        ("slo.percentile", "p99", "spec.slo.percentile: must be a number strictly between 0 and 1"),
+        ("slo.targetSeconds", 0, "spec.slo.targetSeconds: must be a number of seconds > 0"),
+        ("slo.targetSeconds", None, "spec.slo.targetSeconds: is required"),
+        ("slo.metric", "Latency", "spec.slo.metric: must be one of QueueWait, TimeToFirstToken"),
+        ("model.name", "", "spec.model.name: must be a non-empty string"),
+        ("minReplicas", 0, "spec.minReplicas: must be between 1 and 10000"),
+        ("minReplicas", 9, "spec.minReplicas: must not exceed maxReplicas (9 > 8)"),
+        ("maxReplicas", 2.5, "spec.maxReplicas: must be a whole number"),
+        ("slotsPerReplica", None, "spec.slotsPerReplica: is required"),
+        ("gpu.perReplica", 0, "spec.gpu.perReplica: must be between 1 and 64"),
+        ("maxGPUs", 0, "spec.maxGPUs: must be >= 1"),
+        ("prediction.horizon", "soon", "spec.prediction.horizon: must be Measured or a number of seconds > 0"),
+        ("prediction.quantile", 0.3, "spec.prediction.quantile: must be a number in [0.5, 1)"),
+        ("cost.gpuHourPrice", "cheap", 'spec.cost.gpuHourPrice: must be a price >= 0 such as "2.50"'),
+        ("engine.extraArgs", "--x", "spec.engine.extraArgs: must be a list of strs"),
+        ("scheduling.nodeSelector", {"a": 1}, "spec.scheduling.nodeSelector: must map label names to string values"),
+    ],
+)
+def test_errors_name_the_field_and_the_fix(path, value, message):
+    spec = with_(MINIMAL, path, value)
+    if value is None:
+        parent, _, leaf = path.rpartition(".")
+        (spec[parent] if parent else spec).pop(leaf)
+    with pytest.raises(SpecError) as caught:
+        parse(spec)
+    assert str(caught.value).startswith(message)
+    assert caught.value.field == path
+
+
+def test_gpu_budget_must_fit_the_warm_floor():
+    spec = {**MINIMAL, "minReplicas": 3, "gpu": {"perReplica": 2}, "maxGPUs": 5}
+    with pytest.raises(SpecError, match=r"spec.maxGPUs: must be at least minReplicas x gpu.perReplica = 6"):
+        parse(spec)
+
+
+def test_a_spec_that_is_not_an_object_is_an_error_not_a_crash():
+    with pytest.raises(SpecError):
+        parse(["not", "a", "spec"])
+    with pytest.raises(SpecError, match="spec.slo: must be an object"):
+        parse({**MINIMAL, "slo": "p99 < 10s"})
+
+
+def _crd_defaults(schema: dict, prefix: str = "") -> dict:
+    found = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        path = f"{prefix}{name}"
+        if "default" in prop and prop.get("type") != "object":
+            found[path] = prop["default"]
+        found.update(_crd_defaults(prop, path + "."))
+    return found
+
+
+def test_crd_defaults_match_the_parser_defaults():
+    crd = yaml.safe_load(CRD.read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert _crd_defaults(spec_schema) == pool_spec.DEFAULTS
+
+
+def test_crd_names_and_required_fields():
+    crd = yaml.safe_load(CRD.read_text())
+    assert crd["spec"]["group"] == pool_spec.GROUP
+    assert crd["spec"]["names"]["kind"] == pool_spec.KIND
+    assert crd["spec"]["names"]["plural"] == pool_spec.PLURAL
+    assert crd["spec"]["names"]["shortNames"] == ["ipool"]
+    version = crd["spec"]["versions"][0]
+    assert version["name"] == pool_spec.VERSION and version["subresources"] == {"status": {}}
+    assert set(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"]) == {
+        "model", "slo", "maxReplicas", "slotsPerReplica"
+    }
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Model", "GPU", "Desired", "Ready", "Arrival/s", "Predicted", "Cost/h", "Age"} <= columns
+
+
+def test_the_examples_parse():
+    examples = sorted((CRD.parents[1] / "examples").glob("*.yaml"))
+    pools = [doc for path in examples for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "InferencePool"]
+    assert len(pools) >= 2
+    for pool in pools:
+        parse(pool["spec"])
