@@ -157,6 +157,7 @@ def canned(**overrides):
         "newest_sample": [sample(995.0)],
         "service_mean": [sample(service.mean())],
         "service_buckets": bucket_samples(service),
+        "service_samples": [sample(360.0)],
         "e2e_mean": [sample(2.5)],
         "queue_mean": [sample(0.3)],
         "prefill_mean": [sample(0.2)],
@@ -235,6 +236,14 @@ def test_observations_carry_metrics_and_their_age():
     assert (obs.time, obs.current_replicas, obs.ready_replicas, obs.unschedulable_replicas) == (1000.0, 3, 2, 1)
     assert obs.arrival_rate == pytest.approx(3.5) and obs.metrics_age_seconds == 5.0
     assert (obs.prefill_time, obs.cold_start_seconds) == (0.2, 95.0)
+    assert obs.service_samples == 360.0  # decide() trusts a window's service time by its completions
+
+
+def test_service_samples_only_vouch_for_the_measured_service_time():
+    m = observe.pool_metrics(canned(service_samples=[sample(3.0)]), S)[("serving", "llama")]
+    assert m.service_samples == 3.0
+    fallback = observe.pool_metrics(canned(service_mean=[sample("NaN")], service_samples=[sample(3.0)]), S)
+    assert fallback[("serving", "llama")].service_samples is None  # e2e - queue: another histogram's count
 
 
 def test_no_metrics_means_unknown_rates_and_decide_holds():

@@ -89,6 +89,7 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "newest_sample": f"max by ({by}) (timestamp(vllm:num_requests_running{sel}))",
         "service_mean": mean("vllm:request_inference_time_seconds"),
         "service_buckets": rate("vllm:request_inference_time_seconds_bucket", ", le"),
+        "service_samples": f"sum by ({by}) (increase(vllm:request_inference_time_seconds_count{sel}[{w}]))",
         "e2e_mean": mean("vllm:e2e_request_latency_seconds"),
         "queue_mean": mean("vllm:request_queue_time_seconds"),
         "prefill_mean": mean("vllm:request_prefill_time_seconds"),
@@ -212,6 +213,7 @@ class PoolMetrics:
     completion_rate: float | None = None
     arrival_cv: float = 1.0
     service_time: float | None = None
+    service_samples: float | None = None  # completions behind service_time; decide() distrusts a handful
     service_cv: float = 1.0
     prefill_time: float | None = None
     waiting: float | None = None
@@ -244,6 +246,7 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> dict[P
             completion_rate=completions,
             arrival_cv=arrival_cv(get("burst_rate_var", key), get("burst_rate_mean", key), settings.burst_seconds),
             service_time=service,
+            service_samples=get("service_samples", key) if get("service_mean", key) is not None else None,
             service_cv=1.0 if service_cv is None else min(service_cv, 10.0),
             prefill_time=get("prefill_mean", key),
             waiting=get("waiting", key),
@@ -284,6 +287,7 @@ def observations(
         ready_replicas=ready_replicas,
         arrival_rate=m.arrival_rate,
         service_time=m.service_time,
+        service_samples=m.service_samples,
         arrival_cv=m.arrival_cv,
         service_cv=m.service_cv,
         prefill_time=m.prefill_time,
