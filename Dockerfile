@@ -11,7 +11,7 @@ RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin inferencepool
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # matplotlib wants a writable config dir; the root filesystem is read-only in the chart.
-ENV MPLCONFIGDIR=/tmp/matplotlib PYTHONUNBUFFERED=1
+ENV MPLCONFIGDIR=/tmp/matplotlib PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 USER 10001:10001
-EXPOSE 9090
+EXPOSE 9808
 ENTRYPOINT ["inferencepool", "run"]

@@ -1,0 +1,197 @@
+"""A vLLM fleet simulator for the closed loop: requests arrive, wait in a FIFO queue and are served by
+the pool's *Ready* pods as the operator scales them on the test bed.
+
+- Capacity: every `poll` seconds the pool's pods are listed from the apiserver by the pool's label selector
+  (inferencepool.workload.selector) and those with condition Ready=True counted; capacity = ready x slots.
+  Nothing connects to a pod IP (they point nowhere).
+- Load: Poisson arrivals (seeded) at a programmed rate profile `rate(t)` (t = seconds since start), each
+  with an exponential service time; FIFO queue; a request starts when a slot is free.
+- Metrics: vLLM's series (vllm:request_success_total, num_requests_running/waiting, the inference / queue /
+  prefill / e2e / time-to-first-token histograms) with `pool` and `namespace` labels, in the classic text
+  format on 127.0.0.1 (Prometheus 2.x would get OpenMetrics names escaped to vllm_ otherwise).
+- Records: every request's (arrival time, queue wait); `timeline` of (t, rate, ready, running, waiting).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from inferencepool import workload
+
+LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                   120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # vLLM's request_latency_buckets
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+
+
+def piecewise(*segments: tuple[float, float, float]) -> Callable[[float], float]:
+    """rate(t) from (duration, rate_from, rate_to) segments, linear within each; the last rate holds after."""
+    def rate(t: float) -> float:
+        for duration, start, end in segments:
+            if t < duration:
+                return start + (end - start) * t / duration
+            t -= duration
+        return segments[-1][2]
+    return rate
+
+
+@dataclass
+class Request:
+    arrival: float      # seconds since the fleet started
+    service: float
+    wait: float | None = None  # queue wait, once it started
+
+
+class Fleet:
+    def __init__(self, api_client, namespace: str, pool: str, slots: int, rate: Callable[[float], float],
+                 service_time: float, seed: int = 1, prefill_time: float = 0.05, poll: float = 0.5, tick: float = 0.05):
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api_client)
+        self.namespace, self.pool, self.slots, self.rate = namespace, pool, slots, rate
+        self.service_time, self.prefill_time, self.poll, self.tick = service_time, prefill_time, poll, tick
+        self.rng = random.Random(seed)
+        self.ready = 0
+        self.requests: list[Request] = []
+        self.timeline: list[tuple[float, float, int, int, int]] = []
+        self._queue: deque[Request] = deque()
+        self._running: list[tuple[float, int, Request]] = []  # heap of (finish time, seq, request)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._server = None
+        self.port = 0
+        self.t0 = time.monotonic()
+
+        r = self.registry = CollectorRegistry()
+        labels = {"model_name": pool, "engine": "0", "pool": pool, "namespace": namespace}
+        names = tuple(labels)
+
+        def histogram(name, doc, buckets):
+            return Histogram(name, doc, names, buckets=buckets, registry=r).labels(**labels)
+
+        self.m_success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"),
+                                 registry=r).labels(**labels, finished_reason="stop")
+        self.m_running = Gauge("vllm:num_requests_running", "Requests running.", names, registry=r).labels(**labels)
+        self.m_waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", names, registry=r).labels(**labels)
+        self.m_inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
+        self.m_queue = histogram("vllm:request_queue_time_seconds", "WAITING phase time.", LATENCY_BUCKETS)
+        self.m_prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
+        self.m_e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
+        self.m_ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # ---------------------------------------------------------------- capacity from the apiserver
+
+    def count_ready(self) -> int:
+        selector = ",".join(f"{k}={v}" for k, v in workload.selector(self.pool).items())
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        return sum(1 for p in pods if p.metadata.deletion_timestamp is None and any(
+            c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])))
+
+    def _watch_pods(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready = self.count_ready()
+                with self._lock:
+                    self.ready = ready
+            except Exception:  # noqa: BLE001 - an apiserver hiccup keeps the last count
+                pass
+            self._stop.wait(self.poll)
+
+    # ---------------------------------------------------------------- the queue
+
+    def _step(self, t: float, dt: float) -> None:
+        lam = self.rate(t) * dt
+        # Poisson(lam) arrivals, uniform within the tick (Knuth's method; lam is small per tick)
+        n, p, limit = 0, self.rng.random(), pow(2.718281828459045, -lam)
+        while p > limit:
+            n, p = n + 1, p * self.rng.random()
+        for arrival in sorted(t - dt + self.rng.random() * dt for _ in range(n)):
+            req = Request(arrival, self.rng.expovariate(1 / self.service_time))
+            self.requests.append(req)
+            self._queue.append(req)
+        while self._running and self._running[0][0] <= t:
+            _, _, req = heapq.heappop(self._running)
+            self.m_inference.observe(req.service)
+            self.m_queue.observe(req.wait)
+            self.m_prefill.observe(self.prefill_time)
+            self.m_ttft.observe(req.wait + self.prefill_time)
+            self.m_e2e.observe(req.wait + req.service)
+            self.m_success.inc()
+        capacity = self.ready * self.slots
+        while self._queue and len(self._running) < capacity:
+            req = self._queue.popleft()
+            req.wait = max(t - req.arrival, 0.0)
+            heapq.heappush(self._running, (t + req.service, id(req), req))
+        self.m_running.set(len(self._running))
+        self.m_waiting.set(len(self._queue))
+
+    def _serve_loop(self) -> None:
+        last, next_sample = self.now(), 0.0
+        while not self._stop.wait(self.tick):
+            t = self.now()
+            with self._lock:
+                self._step(t, t - last)
+                if t >= next_sample:
+                    self.timeline.append((round(t, 1), self.rate(t), self.ready, len(self._running), len(self._queue)))
+                    next_sample = t + 1.0
+            last = t
+
+    # ---------------------------------------------------------------- results
+
+    def waits(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
+        """Queue waits of requests that arrived in [start, end); those still queued count what they waited so far."""
+        t = self.now()
+        with self._lock:
+            return [r.wait if r.wait is not None else t - r.arrival for r in self.requests if start <= r.arrival < end]
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> Fleet:
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_port
+        self.ready = self.count_ready()
+        self.t0 = time.monotonic()
+        for target in (self._server.serve_forever, self._watch_pods, self._serve_loop):
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

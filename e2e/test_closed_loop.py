@@ -1,0 +1,168 @@
+"""Closed loop on the test bed: a ramp of requests arrives, the operator (with the chart's ServiceAccount and
+RBAC, run as a process) scales the vLLM Deployments, KWOK makes their pods Ready after the H100 cold start,
+and e2e/fleet.py serves the requests with exactly the Ready pods' slots.
+
+Two pools side by side, same seed, same load: `ahead` (prediction on) and `reactive` (prediction off).
+Asserted: few requests of the burst wait beyond the SLO with prediction, no more than reactively; replicas
+never under the warm floor; pods on H100 nodes; scale-down only after the stabilisation window; status and
+Events give the reason. Figures (replicas timeline, SLO share, scale-ahead lead time) go to stdout (-s) and
+to $IPOOL_CLOSED_LOOP_REPORT if set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet import Fleet, piecewise  # noqa: E402
+import test_operator  # noqa: E402
+from test_operator import (  # noqa: E402
+    H100, OperatorProcess, conditions, erlang_c_replicas, get_pool, pool_events, pool_manifest, replicas)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "inferencepool-operator"
+SLOTS, SERVICE_TIME, SLO_SECONDS, WARM_FLOOR, MAX_REPLICAS, WINDOW = 4, 1.0, 2.0, 2, 8, 30
+INTERVAL, RATE_WINDOW = 2, "15s"  # the operator's decision interval and rate window, short for the test
+BASE, PEAK = 2.0, 14.0
+# seconds: baseline (fills the rate window), ramp, hold at the peak, then back to the baseline
+T_BASE, T_RAMP, T_HOLD = 30.0, 90.0, 30.0
+BURST = (T_BASE, T_BASE + T_RAMP + T_HOLD)
+RATE = piecewise((T_BASE, BASE, BASE), (T_RAMP, BASE, PEAK), (T_HOLD, PEAK, PEAK), (1.0, BASE, BASE))
+POOLS = {"ahead": True, "reactive": False}
+
+
+def sa_kubeconfig(cluster, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig with the ServiceAccount's token: the operator runs with exactly the chart's RBAC."""
+    token = cluster.kubectl("-n", namespace, "create", "token", sa, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "bed", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "bed", "user": "sa", "namespace": namespace}}]}))
+    return path
+
+
+def decisions(op: OperatorProcess, pool: str, t0_wall: float) -> list[dict]:
+    out = []
+    for d in op.decisions():
+        if d.get("pool") == pool:
+            d["t"] = datetime.fromisoformat(d["timestamp"].replace("Z", "+00:00")).timestamp() - t0_wall
+            out.append(d)
+    return out
+
+
+def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, monkeypatch):
+    monkeypatch.setattr(test_operator, "INTERVAL", INTERVAL)  # read by OperatorProcess.start()
+    monkeypatch.setattr(test_operator, "RATE_WINDOW", RATE_WINDOW)
+    release = namespace  # unique cluster-scoped names per test
+    cluster.helm("install", release, str(CHART), "--namespace", namespace, "--set", "prometheus.url=http://127.0.0.1:1")
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/inferencepools.autoscaling.inferencepool.dev")
+    kubeconfig = sa_kubeconfig(cluster, namespace, f"{release}-inferencepool-operator", tmp_path / "sa.kubeconfig")
+
+    fleets = {name: Fleet(cluster.api_client(), namespace, name, SLOTS, RATE, SERVICE_TIME, seed=7) for name in POOLS}
+    spec = dict(slotsPerReplica=SLOTS, minReplicas=WARM_FLOOR, maxReplicas=MAX_REPLICAS,
+                slo={"metric": "QueueWait", "percentile": 0.99, "targetSeconds": SLO_SECONDS},
+                scaleDown={"stabilizationWindowSeconds": WINDOW, "maxStep": 4})
+    for name, ahead in POOLS.items():
+        cluster.apply(pool_manifest(name, product=H100, prediction={"enabled": ahead, "coldStartSeconds": 15}, **spec),
+                      namespace=namespace)
+    op = None
+    try:
+        for fleet in fleets.values():
+            fleet.start()
+        t0_wall = time.time() - fleets["ahead"].now()
+        prom = prometheus(scrape_configs=[{"job_name": "vllm", "static_configs": [
+            {"targets": [f.target for f in fleets.values()]}]}])
+        op = OperatorProcess(SimpleNamespace(kubeconfig=kubeconfig, env=cluster.env), namespace, prom.url,
+                             tmp_path / "operator.log").start()
+
+        timeline: list[tuple] = []
+        def sample():
+            t = fleets["ahead"].now()
+            row = (round(t), RATE(t), *(replicas(cluster, namespace, n) for n in POOLS), *(fleets[n].ready for n in POOLS))
+            timeline.append(row)
+            return row
+        # the whole profile, then until both pools have scaled down (after the stabilisation window)
+        while fleets["ahead"].now() < BURST[1]:
+            sample()
+            time.sleep(2)
+        cluster.wait_until(lambda: all(r is not None and r < max(x[2 + i] or 0 for x in timeline)
+                                       for i, r in enumerate(sample()[2:4])),
+                           timeout=150, interval=2, desc="both pools scaled down after the burst")
+        pods = cluster.kubectl_json("-n", namespace, "get", "pods", "-l", "autoscaling.inferencepool.dev/pool")["items"]
+        pod_nodes = {p["spec"].get("nodeName") for p in pods}
+        events = {n: pool_events(cluster, namespace, n) for n in POOLS}
+        statuses = {n: get_pool(cluster, namespace, n)["status"] for n in POOLS}
+    finally:
+        for fleet in fleets.values():
+            fleet.stop()
+        if op:
+            cluster.kubectl("-n", namespace, "delete", "ipool", "--all", "--wait=true", "--timeout=60s", check=False)
+            op.stop()
+        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+        print("---- operator log (tail) ----\n" + (tmp_path / "operator.log").read_text()[-6000:])
+
+    # ---- figures
+    report = {"timeline (t, rate, replicas ahead/reactive, ready ahead/reactive)": timeline}
+    for name in POOLS:
+        waits = fleets[name].waits(*BURST)
+        over = sum(w > SLO_SECONDS for w in waits) / len(waits)
+        ds = decisions(op, name, t0_wall)
+        # the capacity the burst needed: Erlang-C at the peak rate (M/M/c, as the fleet draws it); when Ready
+        need = erlang_c_replicas(PEAK, SERVICE_TIME, SLOTS, SLO_SECONDS, 0.99)
+        met = next((t for t, _, _, _, ra, rr in timeline if (ra if name == "ahead" else rr) >= need and t >= BURST[0]), None)
+        first_down = next((d for d in ds if d["action"] == "scale_down"), None)
+        report[name] = {"requests in burst": len(waits), "share over SLO": round(over, 4),
+                        "p99 wait": round(sorted(waits)[int(0.99 * len(waits))], 2),
+                        "peak need (replicas)": need, "ready capacity met need at": met,
+                        "met - burst start (s)": None if met is None else round(met - BURST[0], 1),
+                        "met - peak reached (s)": None if met is None else round(met - (T_BASE + T_RAMP), 1),
+                        "first scale-down at": first_down and round(first_down["t"])}
+        fleets[name].report = report[name]
+        fleets[name].decisions = ds
+    text = json.dumps(report, indent=1, default=str)
+    print(text)
+    if os.environ.get("IPOOL_CLOSED_LOOP_REPORT"):
+        Path(os.environ["IPOOL_CLOSED_LOOP_REPORT"]).write_text(text)
+
+    ahead, reactive = fleets["ahead"], fleets["reactive"]
+    # (a) the burst met Ready capacity: few requests waited beyond the SLO, and no more than reactively
+    assert ahead.report["share over SLO"] < 0.10, ahead.report
+    assert ahead.report["share over SLO"] <= reactive.report["share over SLO"] + 0.02, report
+    assert ahead.report["ready capacity met need at"] is not None
+    for name, fleet in fleets.items():
+        # (b) never under the warm floor, never over the cap
+        assert all(WARM_FLOOR <= d["replicas"] <= MAX_REPLICAS for d in fleet.decisions), name
+        assert min(r[2 + list(POOLS).index(name)] for r in timeline if r[2 + list(POOLS).index(name)] is not None) >= WARM_FLOOR
+        # (c) scale-down only after the stabilisation window: the first one comes >= WINDOW after the last
+        # decision that still asked for at least what was running
+        down = next(d for d in fleet.decisions if d["action"] == "scale_down")
+        last_high = max(d["t"] for d in fleet.decisions
+                        if d["t"] < down["t"] and (d["required_replicas"] or 0) >= down["previous_replicas"])
+        assert down["t"] - last_high >= WINDOW - INTERVAL, (name, down, last_high)
+    # (d) pods on H100 nodes (the product node selector), never elsewhere
+    nodes = {n["metadata"]["name"]: n["metadata"]["labels"].get("nvidia.com/gpu.product")
+             for n in cluster.kubectl_json("get", "nodes")["items"]}
+    assert pod_nodes and {nodes.get(n) for n in pod_nodes} == {H100}, pod_nodes
+    # (e) status and Events say why: ScaledUp/ScaledDown Events carry the reason, with the forecast when on
+    for name in POOLS:
+        reasons = {e["reason"] for e in events[name]}
+        assert {"ScaledUp", "ScaledDown"} <= reasons, (name, reasons)
+        ups = [e["message"] for e in events[name] if e["reason"] == "ScaledUp"]
+        assert any("p99 wait <= 2s" in m for m in ups) and all("p99 wait <= 2s" in m or "warm floor" in m for m in ups), ups
+        downs = [e["message"] for e in events[name] if e["reason"] == "ScaledDown"]
+        assert any("30s window still recommends more" in m for m in downs), downs
+        assert statuses[name]["lastScaleReason"].startswith("scale down"), statuses[name]["lastScaleReason"]
+        assert conditions({"status": statuses[name]})["MetricsAvailable"]["status"] == "True"
+    ups = [e["message"] for e in events["ahead"] if e["reason"] == "ScaledUp"]
+    assert any("forecast" in m for m in ups), ups
