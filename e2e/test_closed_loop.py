@@ -150,6 +150,10 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
         last_high = max(d["t"] for d in fleet.decisions
                         if d["t"] < down["t"] and (d["required_replicas"] or 0) >= down["previous_replicas"])
         assert down["t"] - last_high >= WINDOW - INTERVAL, (name, down, last_high)
+    # (c') once the burst is over nobody adds replicas: a falling demand may hold capacity, never order more
+    for name, fleet in fleets.items():
+        late_ups = [d for d in fleet.decisions if d["action"] == "scale_up" and d["t"] > BURST[1] + 2 * INTERVAL]
+        assert not late_ups, (name, late_ups)
     # (d) pods on H100 nodes (the product node selector), never elsewhere
     nodes = {n["metadata"]["name"]: n["metadata"]["labels"].get("nvidia.com/gpu.product")
              for n in cluster.kubectl_json("get", "nodes")["items"]}

@@ -152,3 +152,19 @@ def test_history_survives_a_json_round_trip():
     restored = History.from_dict(json.loads(json.dumps(d.history.to_dict())))
     assert restored == d.history
     assert History.from_dict({"forecaster": {"bogus": 1}}) == History()
+
+
+def test_falling_demand_lets_the_forecast_hold_capacity_but_not_add_it():
+    spec = reactive(prediction=True, prediction_horizon_seconds=180)
+    history = History()
+    for step in range(30):  # a noisy plateau at 1.5x the seed rate
+        d = decide(spec, observe(rate=SEED_RATE * (1.5 + 0.1 * (-1) ** step), time=15.0 * step, current=40), history)
+        history = d.history
+    reactive_need = decide(reactive(), observe(rate=SEED_RATE * 1.1)).replicas
+    falling = observe(rate=SEED_RATE * 1.1, time=450.0, current=reactive_need + 2)
+    d = decide(spec, falling, history)
+    assert d.forecast_rate > falling.arrival_rate  # the bound still remembers the plateau...
+    assert d.replicas == reactive_need + 2  # ...but only holds what is there
+    assert d.constraint == "falling_demand" and "demand is falling" in d.reason
+    rising = observe(rate=SEED_RATE * 1.9, time=450.0, current=31)
+    assert decide(spec, rising, history).replicas > decide(reactive(), rising).replicas  # ahead on the way up

@@ -201,22 +201,31 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
 
     slots = spec.slots_per_replica
     target = wait_target(spec, obs)
-    saturated = False
-    if planning_rate == 0:
-        required = 0
-    else:
-        queue = Queue(planning_rate, service_time, obs.arrival_cv, obs.service_cv)
-        try:
-            required = math.ceil(_servers_needed(spec, queue, target, cap * slots) / slots)
-        except TargetUnreachable:
-            required, saturated = cap, True
 
-    wanted, constraint = required, "slo"
+    def replicas_for(rate: float) -> tuple[int, bool]:
+        """Fewest replicas meeting the SLO at this rate, and whether even the cap falls short."""
+        if rate == 0:
+            return 0, False
+        try:
+            servers = _servers_needed(spec, Queue(rate, service_time, obs.arrival_cv, obs.service_cv), target, cap * slots)
+        except TargetUnreachable:
+            return cap, True
+        return math.ceil(servers / slots), False
+
+    required, saturated = replicas_for(planning_rate)
+    falling = planning_rate > obs.arrival_rate and required > current and obs.arrival_rate < fc.point(forecaster, 0.0)
+    if falling:
+        # Demand is below the smoothed level, i.e. falling: the forecast may hold capacity, not add it
+        # (its lagging level and bound would otherwise order replicas just as a burst ends).
+        reactive, saturated = replicas_for(obs.arrival_rate)
+        required = max(reactive, current)
+
+    wanted, constraint = required, "falling_demand" if falling and required == current else "slo"
     if wanted < floor:
         wanted, constraint = floor, "warm_floor"
     if wanted > cap:
         wanted, constraint = cap, "gpu_budget" if cap < spec.max_replicas else "max_replicas"
-    if saturated and constraint == "slo":
+    if saturated and constraint in ("slo", "falling_demand"):
         constraint = "gpu_budget" if cap < spec.max_replicas else "max_replicas"
 
     recommendations = tuple(
@@ -295,6 +304,7 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
     why = {
         "slo": f"{d.required_replicas} replicas meet {slo}",
         "warm_floor": f"the SLO needs {d.required_replicas}, the warm floor is {spec.min_replicas}",
+        "falling_demand": f"demand is falling: the forecast holds {d.required_replicas} replicas but adds none",
         "max_replicas": f"the SLO needs more than the {spec.max_replicas} max replicas",
         "gpu_budget": f"the GPU budget of {spec.max_gpus} allows {spec.replica_cap} replicas",
         "unschedulable": f"the SLO wants {d.required_replicas} but {obs.unschedulable_replicas} pods are Pending for lack of GPUs",
