@@ -21,16 +21,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry
 
 from inferencepool import workload
-
-LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
-                   120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # vLLM's request_latency_buckets
-TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+from vllm_exporter import VllmSeries, serve_text_format
 
 
 def piecewise(*segments: tuple[float, float, float]) -> Callable[[float], float]:
@@ -72,22 +67,8 @@ class Fleet:
         self.port = 0
         self.t0 = time.monotonic()
 
-        r = self.registry = CollectorRegistry()
-        labels = {"model_name": pool, "engine": "0", "pool": pool, "namespace": namespace}
-        names = tuple(labels)
-
-        def histogram(name, doc, buckets):
-            return Histogram(name, doc, names, buckets=buckets, registry=r).labels(**labels)
-
-        self.m_success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"),
-                                 registry=r).labels(**labels, finished_reason="stop")
-        self.m_running = Gauge("vllm:num_requests_running", "Requests running.", names, registry=r).labels(**labels)
-        self.m_waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", names, registry=r).labels(**labels)
-        self.m_inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
-        self.m_queue = histogram("vllm:request_queue_time_seconds", "WAITING phase time.", LATENCY_BUCKETS)
-        self.m_prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
-        self.m_e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
-        self.m_ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.registry = CollectorRegistry()
+        self.series = VllmSeries(self.registry, {"model_name": pool, "engine": "0", "pool": pool, "namespace": namespace})
 
     @property
     def target(self) -> str:
@@ -128,19 +109,14 @@ class Fleet:
             self._queue.append(req)
         while self._running and self._running[0][0] <= t:
             _, _, req = heapq.heappop(self._running)
-            self.m_inference.observe(req.service)
-            self.m_queue.observe(req.wait)
-            self.m_prefill.observe(self.prefill_time)
-            self.m_ttft.observe(req.wait + self.prefill_time)
-            self.m_e2e.observe(req.wait + req.service)
-            self.m_success.inc()
+            self.series.finished(req.wait, req.service, self.prefill_time)
         capacity = self.ready * self.slots
         while self._queue and len(self._running) < capacity:
             req = self._queue.popleft()
             req.wait = max(t - req.arrival, 0.0)
             heapq.heappush(self._running, (t + req.service, id(req), req))
-        self.m_running.set(len(self._running))
-        self.m_waiting.set(len(self._queue))
+        self.series.running.set(len(self._running))
+        self.series.waiting.set(len(self._queue))
 
     def _serve_loop(self) -> None:
         last, next_sample = self.now(), 0.0
@@ -164,26 +140,11 @@ class Fleet:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> Fleet:
-        registry = self.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = serve_text_format(self.registry, "127.0.0.1", 0)
         self.port = self._server.server_port
         self.ready = self.count_ready()
         self.t0 = time.monotonic()
-        for target in (self._server.serve_forever, self._watch_pods, self._serve_loop):
+        for target in (self._watch_pods, self._serve_loop):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()
             self._threads.append(thread)

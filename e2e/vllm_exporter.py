@@ -29,6 +29,60 @@ TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
+class VllmSeries:
+    """vLLM's series for one engine, with the names and buckets `vllm serve` exports (what observe.py reads)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        names = tuple(labels)
+
+        def histogram(name, doc, buckets):
+            return Histogram(name, doc, names, buckets=buckets, registry=registry).labels(**labels)
+
+        self.success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"),
+                               registry=registry).labels(**labels, finished_reason="stop")
+        self.running = Gauge("vllm:num_requests_running", "Requests running.", names, registry=registry).labels(**labels)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", names, registry=registry).labels(**labels)
+        self.inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
+        self.queue = histogram("vllm:request_queue_time_seconds", "WAITING phase time.", LATENCY_BUCKETS)
+        self.prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
+        self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
+        self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+
+    def finished(self, wait: float, inference: float, prefill: float) -> None:
+        """One finished request, in every histogram, as vLLM records it."""
+        self.inference.observe(inference)
+        self.queue.observe(wait)
+        self.prefill.observe(prefill)
+        self.ttft.observe(wait + prefill)
+        self.e2e.observe(wait + inference)
+        self.success.inc()
+
+
+def serve_text_format(registry: CollectorRegistry, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve the registry on host:port (0: any free port) in a daemon thread.
+
+    Always the classic text format, whatever the scraper asks for: prometheus_client's OpenMetrics output
+    escapes "vllm:" to "vllm_" for a Prometheus 2.x scraper (see the operator's --metric-prefix).
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="vllm-metrics-http", daemon=True).start()
+    return server
+
+
 class VllmExporter:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, model: str = "test-model", tick: float = 0.1):
         if not host.startswith("127."):
@@ -43,25 +97,10 @@ class VllmExporter:
         self._k = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._server = self._thread = self._ticker = None
+        self._server = self._ticker = None
 
-        r = self.registry = CollectorRegistry()
-        labels = {"model_name": model, "engine": "0"}
-        names = tuple(labels)
-
-        def histogram(name, doc, buckets):
-            return Histogram(name, doc, names, buckets=buckets, registry=r).labels(**labels)
-
-        self.success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"), registry=r).labels(
-            **labels, finished_reason="stop"
-        )
-        self.running_gauge = Gauge("vllm:num_requests_running", "Requests running.", names, registry=r).labels(**labels)
-        self.waiting_gauge = Gauge("vllm:num_requests_waiting", "Requests waiting.", names, registry=r).labels(**labels)
-        self.inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
-        self.queue = histogram("vllm:request_queue_time_seconds", "WAITING phase time.", LATENCY_BUCKETS)
-        self.prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
-        self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
-        self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.registry = CollectorRegistry()
+        self.series = VllmSeries(self.registry, {"model_name": model, "engine": "0"})
 
     @property
     def target(self) -> str:
@@ -73,19 +112,14 @@ class VllmExporter:
         with self._lock:
             self.arrival_rate, self.service_time = arrival_rate, service_time
             self.queue_wait, self.prefill_time, self.waiting = queue_wait, prefill_time, waiting
-            self.running_gauge.set(arrival_rate * service_time)
-            self.waiting_gauge.set(waiting)
+            self.series.running.set(arrival_rate * service_time)
+            self.series.waiting.set(waiting)
 
     def _finish_one(self) -> None:
         self._k += 1
         u = (self._k * GOLDEN) % 1.0
         inference = -self.service_time * math.log(1.0 - u)
-        self.inference.observe(inference)
-        self.queue.observe(self.queue_wait)
-        self.prefill.observe(self.prefill_time)
-        self.ttft.observe(self.queue_wait + self.prefill_time)
-        self.e2e.observe(self.queue_wait + inference)
-        self.success.inc()
+        self.series.finished(self.queue_wait, inference, self.prefill_time)
 
     def _run(self) -> None:
         last = time.monotonic()
@@ -96,32 +130,13 @@ class VllmExporter:
                 while self._credit >= 1.0:
                     self._credit -= 1.0
                     self._finish_one()
-                self.running_gauge.set(self.arrival_rate * self.service_time)
-                self.waiting_gauge.set(self.waiting)
+                self.series.running.set(self.arrival_rate * self.service_time)
+                self.series.waiting.set(self.waiting)
             last = now
 
     def start(self) -> VllmExporter:
-        # Always the classic text format, whatever the scraper asks for: prometheus_client's OpenMetrics
-        # output escapes "vllm:" to "vllm_" for a Prometheus 2.x scraper (see the operator's --metric-prefix).
-        registry = self.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = serve_text_format(self.registry, self.host, self.port)
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="vllm-exporter-http", daemon=True)
-        self._thread.start()
         self._stop.clear()
         self._ticker = threading.Thread(target=self._run, name="vllm-exporter", daemon=True)
         self._ticker.start()

@@ -38,7 +38,8 @@ class FakeKube:
         key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
         self.applied.append(manifest["kind"])
         if manifest["kind"] == "Deployment":
-            live = self.deployments.setdefault(key, {"spec": {"replicas": 1}, "status": {}, "metadata": {}})
+            replicas = manifest["spec"].get("replicas", 1)  # Kubernetes' default when nobody sets it
+            live = self.deployments.setdefault(key, {"spec": {"replicas": replicas}, "status": {}, "metadata": {}})
             live["metadata"] = {**copy.deepcopy(manifest["metadata"]), "managedFields": live["metadata"].get("managedFields", [])}
 
     def deployment(self, namespace, name):
@@ -302,3 +303,15 @@ def test_status_numbers_are_rounded_and_unknowns_dropped():
 
     assert rounded(3.14159265) == 3.142 and rounded(0.000123456) == 0.0001235 and rounded(12345.6) == 12350
     assert rounded(None) is None and rounded(math.inf) is None and rounded(0) == 0.0
+
+
+def test_a_new_deployment_starts_at_the_warm_floor():
+    kube = FakeKube()
+    operator = handlers.Operator(handlers.OperatorConfig(), FakeReader(), kube, OperatorMetrics(CollectorRegistry()))
+    pool = Pool({**SPEC, "minReplicas": 3})
+    pool.tick(operator, handler="ensure")
+    (live,) = kube.deployments.values()
+    assert live["spec"]["replicas"] == 3  # not Kubernetes' default of 1
+    kube.scale("serving", "llama", 5)
+    pool.tick(operator, handler="ensure")  # a later apply leaves the count to the scaler
+    assert live["spec"]["replicas"] == 5 and kube.applied == ["Deployment", "Service", "Deployment", "Service"]

@@ -122,6 +122,10 @@ class Operator:
 
     def _apply_workload(self, body, config: pool_spec.PoolConfig) -> dict:
         deployment = workload.deployment(body, config)
+        if self.kube.deployment(body.metadata.namespace, body.metadata.name) is None:
+            # A new Deployment starts at the warm floor, not at Kubernetes' default of 1 replica; later
+            # applies leave the count to the scaler's field manager.
+            deployment = {**deployment, "spec": {**deployment["spec"], "replicas": config.policy.min_replicas}}
         self.kube.apply(deployment)
         self.kube.apply(workload.service(body, config))
         return deployment
@@ -157,7 +161,7 @@ class Operator:
         hand_edited = (
             last_desired is not None
             and live_replicas != last_desired
-            and replicas_manager(deployment) not in (None, SCALER_MANAGER)
+            and replicas_manager(deployment) not in (None, SCALER_MANAGER, FIELD_MANAGER)
         )
         current = int(last_desired) if hand_edited else live_replicas
 

@@ -170,7 +170,8 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     """The replica count for this pool now, and why.
 
     Order of rules: metrics must be usable (else hold, never down); the SLO sizes the fleet for the
-    forecast's upper quantile over the cold-start horizon; the warm floor and the caps clamp it; pods that
+    forecast's upper quantile over the cold-start horizon (while demand falls the forecast may hold
+    capacity but adds none); the warm floor and the caps clamp it; pods that
     cannot be scheduled stop further scale-up; scale-down waits out the stabilisation window and moves at
     most `scale_down_max_step` at a time.
     """
