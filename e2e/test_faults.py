@@ -121,6 +121,8 @@ def test_warm_floor_beyond_the_gpus_is_limited_without_crashing(cluster, namespa
     assert op.proc.poll() is None, "the operator exited"
     assert len(op.decisions()) > decided, "the operator stopped deciding"
     assert replicas(cluster, namespace, name) == 3  # the floor, not more while a pod is Pending
-    status = get_pool(cluster, namespace, name)["status"]
-    assert status["unschedulableReplicas"] == 1 and status.get("readyReplicas") == 2
+    # the two pods that fit turn Ready after their cold start; the third stays Pending
+    status = cluster.wait_until(lambda: (s := get_pool(cluster, namespace, name)["status"]).get("readyReplicas") == 2 and s,
+                                timeout=90, desc="two of three replicas Ready")
+    assert status["unschedulableReplicas"] == 1 and replicas(cluster, namespace, name) == 3
     assert any(e["type"] == "Warning" and e["reason"] == "InsufficientGPUs" for e in pool_events(cluster, namespace, name))
