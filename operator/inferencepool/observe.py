@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from inferencepool.policy import Observations
@@ -281,10 +281,8 @@ def observations(
     if metrics is None or metrics.newest_sample_time is None:
         return base
     m = metrics
-    return Observations(
-        time=now,
-        current_replicas=current_replicas,
-        ready_replicas=ready_replicas,
+    return replace(
+        base,
         arrival_rate=m.arrival_rate,
         service_time=m.service_time,
         service_samples=m.service_samples,
@@ -293,8 +291,6 @@ def observations(
         prefill_time=m.prefill_time,
         waiting=m.waiting,
         running=m.running,
-        unschedulable_replicas=unschedulable_replicas,
-        cold_start_seconds=cold_start_seconds,
         metrics_age_seconds=max(now - m.newest_sample_time, 0.0),
     )
 
