@@ -22,7 +22,7 @@ import math
 import time
 from fractions import Fraction
 
-from inferencepool.queueing import Queue
+from inferencepool.core.queueing import Queue
 
 SERVICE_TIME = 15.0  # seconds
 WAIT_TARGET = 10.0  # seconds

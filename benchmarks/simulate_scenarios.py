@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from inferencepool.policy import PoolSpec
+from inferencepool.core.policy import PoolSpec
 from inferencepool.simulate import trace as tr
 from inferencepool.simulate.compare import Scenario
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from simulate_scenarios import tuning_set  # noqa: E402
 
-from inferencepool import forecast as fc  # noqa: E402
+from inferencepool.core import forecast as fc  # noqa: E402
 from inferencepool.simulate import compare, report  # noqa: E402
 
 GRID = {

@@ -2,7 +2,7 @@
 the pool's *Ready* pods as the operator scales them on the test bed.
 
 - Capacity: every `poll` seconds the pool's pods are listed from the apiserver by the pool's label selector
-  (inferencepool.workload.selector) and those with condition Ready=True counted; capacity = ready x slots.
+  (inferencepool.operator.workload.selector) and those with condition Ready=True counted; capacity = ready x slots.
   Nothing connects to a pod IP (they point nowhere).
 - Load: Poisson arrivals (seeded) at a programmed rate profile `rate(t)` (t = seconds since start), each
   with an exponential service time; FIFO queue; a request starts when a slot is free.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from inferencepool import workload
+from inferencepool.operator import workload
 from vllm_exporter import VllmSeries, serve_text_format
 
 

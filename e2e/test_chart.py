@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inferencepool import run
+from inferencepool.operator import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "inferencepool-operator"

@@ -1,7 +1,7 @@
 """The operator end to end on the real test bed: CRD validation, Erlang-C scaling, status, Events,
 the hold without metrics, hand edits put back, GPU shortage, restart, and deletion cascading.
 
-Each test runs its own operator (a subprocess of `python -m inferencepool.run`) watching a fresh
+Each test runs its own operator (a subprocess of `python -m inferencepool.operator.run`) watching a fresh
 namespace, a real Prometheus on 127.0.0.1 scraping e2e/vllm_exporter.py (one exporter per pool, labelled
 with the pool's name and namespace by the static scrape config), with short windows so a test takes
 about a minute: scrape 1s, operator interval 3s, rate window 30s.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from inferencepool.queueing import Queue
+from inferencepool.core.queueing import Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vllm_exporter import VllmExporter  # noqa: E402
@@ -53,7 +53,7 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`python -m inferencepool.run` against the bed, for one namespace; its log is kept for failures."""
+    """`python -m inferencepool.operator.run` against the bed, for one namespace; its log is kept for failures."""
 
     def __init__(self, cluster, namespace: str, prometheus_url: str, log_path: Path):
         self.cluster, self.namespace, self.prometheus_url, self.log_path = cluster, namespace, prometheus_url, log_path
@@ -62,7 +62,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         command = [
-            sys.executable, "-m", "inferencepool.run",
+            sys.executable, "-m", "inferencepool.operator.run",
             "--kubeconfig", str(self.cluster.kubeconfig),
             "--namespace", self.namespace,
             "--prometheus-url", self.prometheus_url,

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from inferencepool import forecast as fc
+from inferencepool.core import forecast as fc
 
 SERVEGEN = "/work/shared/traces/servegen-m-large-rate-600s.csv.gz"
 DAY = 86_400.0

@@ -10,10 +10,11 @@ import kopf
 import pytest
 from prometheus_client import CollectorRegistry
 
-from inferencepool import handlers, observe, policy
-from inferencepool.metrics import OperatorMetrics
-from inferencepool.queueing import Queue
-from inferencepool.spec import parse
+from inferencepool.operator import handlers, observe
+from inferencepool.core import policy
+from inferencepool.operator.metrics import OperatorMetrics
+from inferencepool.core.queueing import Queue
+from inferencepool.operator.spec import parse
 
 SPEC = {
     "model": {"name": "llama"},
@@ -287,7 +288,7 @@ def test_parse_is_what_the_operator_uses():
 
 
 def test_conditions_keep_their_transition_time_until_they_change():
-    from inferencepool import status as pool_status
+    from inferencepool.operator import status as pool_status
 
     before = [pool_status.condition("Ready", True, "Serving", "2 of 2", 1000.0, 1)]
     same = [pool_status.condition("Ready", True, "Serving", "3 of 3", 2000.0, 1)]
@@ -299,7 +300,7 @@ def test_conditions_keep_their_transition_time_until_they_change():
 
 
 def test_status_numbers_are_rounded_and_unknowns_dropped():
-    from inferencepool.status import rounded
+    from inferencepool.operator.status import rounded
 
     assert rounded(3.14159265) == 3.142 and rounded(0.000123456) == 0.0001235 and rounded(12345.6) == 12350
     assert rounded(None) is None and rounded(math.inf) is None and rounded(0) == 0.0

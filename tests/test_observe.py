@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from inferencepool import observe, policy
-from inferencepool.observe import PoolMetrics, QuerySettings
+from inferencepool.operator import observe
+from inferencepool.core import policy, signals
+from inferencepool.operator.observe import PoolMetrics, QuerySettings
 
 S = QuerySettings(rate_window="2m", burst_window="15s")
 VLLM_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
@@ -99,51 +100,51 @@ def test_histogram_cv_against_known_distributions(name, draw, tolerance):
     """Within ~10-15% on vLLM's coarse buckets, and erring high (more replicas), not low."""
     values = draw(np.random.default_rng(7), 200_000)
     true_cv = values.std() / values.mean()
-    estimate = observe.histogram_cv(buckets(values), values.mean())
+    estimate = signals.histogram_cv(buckets(values), values.mean())
     assert estimate == pytest.approx(true_cv, rel=tolerance), name
     assert estimate >= 0.97 * true_cv, name
 
 
 def test_histogram_cv_of_a_constant_is_small():
     values = np.full(1000, 4.0)
-    assert observe.histogram_cv(buckets(values), 4.0) < 0.1
+    assert signals.histogram_cv(buckets(values), 4.0) < 0.1
 
 
 def test_histogram_cv_uses_the_exact_sum_for_the_open_top_bucket():
     # half at ~1s, half far beyond the last bound: the tail's mean comes from sum/count
     values = np.concatenate([np.full(500, 0.9), np.full(500, 9000.0)])
-    estimate = observe.histogram_cv(buckets(values), values.mean())
+    estimate = signals.histogram_cv(buckets(values), values.mean())
     assert estimate == pytest.approx(values.std() / values.mean(), rel=0.05)
 
 
 def test_histogram_cv_unknown_without_data():
-    assert observe.histogram_cv([], 1.0) is None
-    assert observe.histogram_cv([(1.0, 0.0), (math.inf, 0.0)], 1.0) is None
-    assert observe.histogram_cv([(1.0, 2.0), (math.inf, 2.0)], None) is None
+    assert signals.histogram_cv([], 1.0) is None
+    assert signals.histogram_cv([(1.0, 0.0), (math.inf, 0.0)], 1.0) is None
+    assert signals.histogram_cv([(1.0, 2.0), (math.inf, 2.0)], None) is None
 
 
 def test_histogram_quantile_matches_prometheus():
     b = [(1.0, 50.0), (2.0, 90.0), (5.0, 100.0), (math.inf, 100.0)]
-    assert observe.histogram_quantile(0.5, b) == 1.0
-    assert observe.histogram_quantile(0.25, b) == 0.5
-    assert observe.histogram_quantile(0.7, b) == pytest.approx(1.5)
-    assert observe.histogram_quantile(0.99, b) == pytest.approx(2 + 3 * 0.9)
-    assert observe.histogram_quantile(0.99, [(1.0, 10.0), (math.inf, 20.0)]) == 1.0  # in +Inf: the last bound
-    assert observe.histogram_quantile(0.99, [(1.0, 0.0), (math.inf, 0.0)]) is None
+    assert signals.histogram_quantile(0.5, b) == 1.0
+    assert signals.histogram_quantile(0.25, b) == 0.5
+    assert signals.histogram_quantile(0.7, b) == pytest.approx(1.5)
+    assert signals.histogram_quantile(0.99, b) == pytest.approx(2 + 3 * 0.9)
+    assert signals.histogram_quantile(0.99, [(1.0, 10.0), (math.inf, 20.0)]) == 1.0  # in +Inf: the last bound
+    assert signals.histogram_quantile(0.99, [(1.0, 0.0), (math.inf, 0.0)]) is None
 
 
 def test_arrival_cv_from_count_dispersion():
     window = 15.0
     # Poisson counts at 4/s: Var(N) = E(N) = 60 per window -> Var(rate) = 60 / 15^2
-    assert observe.arrival_cv(60 / window**2, 4.0, window) == pytest.approx(1.0)
+    assert signals.arrival_cv(60 / window**2, 4.0, window) == pytest.approx(1.0)
     # bursty: dispersion 4 -> ca = 2
-    assert observe.arrival_cv(4 * 60 / window**2, 4.0, window) == pytest.approx(2.0)
+    assert signals.arrival_cv(4 * 60 / window**2, 4.0, window) == pytest.approx(2.0)
     # smoother than Poisson is not trusted (completions are smoother than arrivals)
-    assert observe.arrival_cv(0.0, 4.0, window) == 1.0
+    assert signals.arrival_cv(0.0, 4.0, window) == 1.0
     # too few requests per window to tell, or unknown
-    assert observe.arrival_cv(10.0, 0.5, window) == 1.0
-    assert observe.arrival_cv(None, 4.0, window) == 1.0
-    assert observe.arrival_cv(1e6, 4.0, window) == 4.0  # capped
+    assert signals.arrival_cv(10.0, 0.5, window) == 1.0
+    assert signals.arrival_cv(None, 4.0, window) == 1.0
+    assert signals.arrival_cv(1e6, 4.0, window) == 4.0  # capped
 
 
 def canned(**overrides):

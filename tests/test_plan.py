@@ -5,7 +5,7 @@ import json
 import pytest
 
 from inferencepool.cli import main
-from inferencepool.plan import (
+from inferencepool.plan.planner import (
     HOURS_PER_MONTH,
     ApiPricing,
     Requirements,
@@ -16,7 +16,7 @@ from inferencepool.plan import (
     monthly_cost,
     servers_needed,
 )
-from inferencepool.units import parse_slo
+from inferencepool.core.units import parse_slo
 
 SEED = ["plan", "--arrival-rate", "100/min", "--service-time", "15s", "--slo", "p99 wait < 10s"]
 API = ["--api-price-input", "3", "--api-price-output", "15", "--input-tokens", "1000", "--output-tokens", "500"]

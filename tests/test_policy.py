@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from inferencepool.policy import History, Observations, PoolSpec, decide
-from inferencepool.queueing import Queue
+from inferencepool.core.policy import History, Observations, PoolSpec, decide
+from inferencepool.core.queueing import Queue
 
 SEED_RATE = 100 / 60  # 100 requests/min
 SEED_SERVICE = 15.0  # seconds: 25 Erlangs

@@ -7,8 +7,8 @@ import random
 import mpmath
 import pytest
 
-from inferencepool import queueing
-from inferencepool.queueing import (
+from inferencepool.core import queueing
+from inferencepool.core.queueing import (
     Queue,
     TargetUnreachable,
     UnstableQueue,

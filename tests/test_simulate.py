@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from inferencepool.policy import PoolSpec
-from inferencepool.queueing import Queue
+from inferencepool.core.policy import PoolSpec
+from inferencepool.core.queueing import Queue
 from inferencepool.simulate import baselines, compare, report
 from inferencepool.simulate import trace as tr
 from inferencepool.simulate.fleet import ColdStarts, FleetConfig, simulate
@@ -169,7 +169,7 @@ def test_oracle_needs_follow_the_replayed_queue():
 def test_a_few_long_requests_in_a_quiet_window_do_not_size_the_fleet():
     """decide() blends a service-time mean from fewer than MIN_SERVICE_SAMPLES completions with the last
     trusted one; without that, one 24 s request in a quiet minute sized the bundled trace's pool at 100."""
-    from inferencepool.policy import MIN_SERVICE_SAMPLES, History, Observations, decide
+    from inferencepool.core.policy import MIN_SERVICE_SAMPLES, History, Observations, decide
 
     spec = PoolSpec(prediction=False, max_replicas=100)
 

@@ -60,7 +60,7 @@ def test_bad_flags_exit_2_with_one_line(flags, capsys):
 
 
 def test_cli_defaults_are_the_models_defaults():
-    from inferencepool.policy import PoolSpec
+    from inferencepool.core.policy import PoolSpec
     from inferencepool.simulate.fleet import FleetConfig, ServiceModel
 
     parser = argparse.ArgumentParser()

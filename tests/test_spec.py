@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inferencepool import spec as pool_spec
-from inferencepool.spec import SpecError, parse
+from inferencepool.operator import spec as pool_spec
+from inferencepool.operator.spec import SpecError, parse
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "inferencepools.autoscaling.inferencepool.dev.yaml"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from inferencepool.units import Slo, format_duration, parse_duration, parse_percentile, parse_rate, parse_slo
+from inferencepool.core.units import Slo, format_duration, parse_duration, parse_percentile, parse_rate, parse_slo
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from inferencepool import workload
-from inferencepool.spec import parse
+from inferencepool.operator import workload
+from inferencepool.operator.spec import parse
 
 POOL = {
     "apiVersion": "autoscaling.inferencepool.dev/v1alpha1",

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from inferencepool.policy import History, Observations, PoolSpec, decide
+from inferencepool.core.policy import History, Observations, PoolSpec, decide
 from inferencepool.simulate.fleet import FleetView
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from inferencepool.units import format_duration, parse_duration, parse_slo
+from inferencepool.core.units import format_duration, parse_duration, parse_slo
 
 DEFAULT_GPU_HOUR_PRICE = 2.50  # USD, the same assumed on-demand H100 price as `inferencepool plan`
 
@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace):
     """The Scenario the flags describe."""
-    from inferencepool.policy import PoolSpec
+    from inferencepool.core.policy import PoolSpec
     from inferencepool.simulate import trace as tr
     from inferencepool.simulate.compare import Scenario
     import numpy as np

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from inferencepool.policy import PoolSpec
+from inferencepool.core.policy import PoolSpec
 from inferencepool.simulate import baselines
 from inferencepool.simulate.fleet import ColdStarts, FleetConfig, Run, ServiceModel, simulate
 from inferencepool.simulate.trace import Trace

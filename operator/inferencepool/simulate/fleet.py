@@ -21,8 +21,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from inferencepool import observe
-from inferencepool.policy import Observations
+from inferencepool.core import signals
+from inferencepool.core.policy import Observations
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
         if len(edges) > 2:
             rates = [(a - b) / burst for a, b in zip(edges, edges[1:])]
             mean = sum(rates) / len(rates)
-            arrival_cv = observe.arrival_cv(sum((r - mean) ** 2 for r in rates) / len(rates), mean, burst)
+            arrival_cv = signals.arrival_cv(sum((r - mean) ** 2 for r in rates) / len(rates), mean, burst)
     g = bisect_right(gauge_t, seen) - 1
     return Observations(
         time=now,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inferencepool.policy import PoolSpec
+from inferencepool.core.policy import PoolSpec
 from inferencepool.simulate.fleet import Run
-from inferencepool.units import format_duration
+from inferencepool.core.units import format_duration
 
 MINUTE = 60.0
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from inferencepool.policy import PoolSpec
+from inferencepool.core.policy import PoolSpec
 
 GROUP = "autoscaling.inferencepool.dev"
 VERSION = "v1alpha1"

@@ -10,8 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .queueing import Queue
-from .units import Slo
+from inferencepool.core.queueing import Queue
+from inferencepool.core.units import Slo
 
 HOURS_PER_MONTH = 24 * 30
 SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600

@@ -11,9 +11,10 @@ import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from inferencepool.observe import PoolMetrics, histogram_quantile
-from inferencepool.policy import Decision, Observations
-from inferencepool.spec import PoolConfig
+from inferencepool.core.signals import histogram_quantile
+from inferencepool.operator.observe import PoolMetrics
+from inferencepool.core.policy import Decision, Observations
+from inferencepool.operator.spec import PoolConfig
 
 CONDITION_TYPES = ("Ready", "MetricsAvailable", "Saturated", "ScalingLimited")
 

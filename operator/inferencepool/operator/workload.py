@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from inferencepool.spec import GROUP, KIND, VERSION, PoolConfig
+from inferencepool.operator.spec import GROUP, KIND, VERSION, PoolConfig
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "inferencepool"}
 POOL_LABEL = f"{GROUP}/pool"

@@ -1,6 +1,6 @@
 """`inferencepool run`: the operator (kopf) that autoscales InferencePools.
 
-Wire it into a CLI with `run.add_parser(subparsers)` and call `run.run(args)`; or `python -m inferencepool.run`.
+Wire it into a CLI with `run.add_parser(subparsers)` and call `run.run(args)`; or `python -m inferencepool.operator.run`.
 Standalone by default (one operator replica); `--peering NAME` turns on kopf's peering so that of several
 replicas only one acts (needs crds/kopf-peering.yaml).
 """
@@ -23,7 +23,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def _promql_duration(text: str) -> str:
-    from inferencepool.observe import parse_duration
+    from inferencepool.operator.observe import parse_duration
 
     try:
         parse_duration(text)
@@ -77,8 +77,8 @@ def build(args: argparse.Namespace):
     """The kopf registry, settings and operator for these arguments (no network yet)."""
     import kopf
 
-    from inferencepool import handlers, observe
-    from inferencepool.metrics import OperatorMetrics
+    from inferencepool.operator import handlers, observe
+    from inferencepool.operator.metrics import OperatorMetrics
 
     query = observe.QuerySettings(
         rate_window=args.rate_window,
@@ -131,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the operator until SIGINT/SIGTERM; returns the process exit code."""
     import kopf
 
-    from inferencepool import logs
+    from inferencepool.operator import logs
 
     logs.configure(args.log_format, args.log_level)
-    log = logs.get("inferencepool.run")
+    log = logs.get("inferencepool.operator.run")
     try:
         _load_kube_config(args.kubeconfig)
     except Exception as error:  # noqa: BLE001 - any failure here is "no cluster to talk to"

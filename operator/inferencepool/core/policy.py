@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from inferencepool import forecast as fc
-from inferencepool.queueing import Queue, TargetUnreachable
+from inferencepool.core import forecast as fc
+from inferencepool.core.queueing import Queue, TargetUnreachable
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from inferencepool import logs, observe, policy, spec as pool_spec, status as pool_status, workload
-from inferencepool.metrics import OperatorMetrics
+from inferencepool.operator import logs, observe, spec as pool_spec, status as pool_status, workload
+from inferencepool.core import policy
+from inferencepool.operator.metrics import OperatorMetrics
 
 FIELD_MANAGER = "inferencepool"  # owns the Deployment and Service templates (server-side apply)
 SCALER_MANAGER = "inferencepool-autoscaler"  # owns spec.replicas alone

@@ -1,0 +1,71 @@
+"""Estimators of a queue's parameters from what Prometheus holds: histogram CV and quantiles, arrival CV.
+
+Pure functions on plain numbers, shared by the operator's Prometheus reader and the simulator's fleet,
+so that both read a histogram the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def histogram_cv(buckets: list[tuple[float, float]], mean: float | None) -> float | None:
+    """Coefficient of variation of a Prometheus histogram, or None when it holds nothing usable.
+
+    Each finite bucket's mass sits at its midpoint (which undoes most of the spread that a uniform
+    within-bucket assumption would add); the +Inf bucket's mass gets the mean that the exact `mean`
+    (sum/count) leaves for it, spread as an exponential tail beyond the last bound. With vLLM's buckets
+    this reads an exponential's CV of 1 as about 1.05-1.1: slightly conservative.
+    """
+    if not buckets or buckets[-1][0] != math.inf or not mean or mean <= 0:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    first = second = 0.0
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        mass = max(cumulative - below, 0.0)
+        if bound == math.inf:
+            if mass > 0:
+                tail_mean = max((mean * total - first) / mass, lower)
+                spread = tail_mean - lower
+                first += mass * tail_mean
+                second += mass * (lower * lower + 2 * lower * spread + 2 * spread * spread)
+        else:
+            middle = (lower + bound) / 2
+            first += mass * middle
+            second += mass * middle * middle
+            lower = bound
+        below = max(cumulative, below)
+    variance = second / total - (first / total) ** 2
+    return math.sqrt(max(variance, 0.0)) / mean
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus's histogram_quantile: linear within the bucket; the last finite bound if in +Inf."""
+    if not buckets or buckets[-1][0] != math.inf or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == math.inf:
+                return lower
+            if cumulative == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower
+
+
+def arrival_cv(rate_var: float | None, rate_mean: float | None, window_seconds: float) -> float:
+    """sqrt of the index of dispersion of counts in `window_seconds`, clamped to [1, 4].
+
+    For a renewal process Var(N)/E(N) -> ca^2 over long windows. Rates r = N/window, so
+    Var(N)/E(N) = Var(r) * window / E(r). With fewer than 10 requests per window the estimate is noise: 1.
+    """
+    if rate_var is None or rate_mean is None or rate_mean * window_seconds < 10:
+        return 1.0
+    dispersion = rate_var * window_seconds / rate_mean
+    return math.sqrt(min(max(dispersion, 1.0), 16.0))

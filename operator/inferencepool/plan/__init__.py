@@ -1,0 +1,1 @@
+"""The planner: Erlang-C capacity, cost and API break-even for a workload (`inferencepool plan`)."""
