@@ -379,3 +379,16 @@ def test_bad_queue_options_name_the_field():
         Queue(1, 1, batch_cv=-1)
     with pytest.raises(ValueError, match="approximation"):
         Queue(1, 1, approximation="whitt")
+
+
+def test_corrected_model_never_reports_less_waiting_than_allen_cunneen():
+    rng = random.Random(11)
+    for _ in range(300):
+        c = rng.choice([1, 2, 3, 4, 8, 16, 64, 300])
+        a = c * rng.uniform(0.05, 0.99)
+        kw = dict(arrival_cv=rng.choice([0.5, 1.0, 1.5, 2.0, 4.0]), service_cv=rng.choice([0.0, 0.5, 1.0, 1.6, 2.5, 4.0]))
+        new, old = Queue(a, 2.0, **kw), Queue(a, 2.0, approximation="allen-cunneen", **kw)
+        assert new.prob_wait(c) >= old.prob_wait(c) * (1 - 1e-9)
+        assert new.mean_wait(c) >= old.mean_wait(c) * (1 - 1e-9)
+        for p in (0.9, 0.99):
+            assert new.wait_quantile(c, p) >= old.wait_quantile(c, p) * (1 - 1e-9), (c, a, kw, p)
