@@ -9,8 +9,9 @@ and a full replica completes n / S(n) requests per second.
 
 The curve is learned from pairs vLLM exports every scrape: running requests per replica
 (`vllm:num_requests_running`) against the mean inter-token latency over the same window
-(`vllm:inter_token_latency_seconds`, named `vllm:time_per_output_token_seconds` before 0.11; see
-vllm/v1/metrics/loggers.py in the vLLM repository).  The KV cache caps concurrency further: when
+(`vllm:inter_token_latency_seconds`, in 0.10.2 and 0.33; 0.10.2 also exports the deprecated
+`vllm:time_per_output_token_seconds` with the same values, which 0.33 dropped; vllm/v1/metrics/loggers.py
+in the vLLM repository).  The KV cache caps concurrency further: when
 `vllm:kv_cache_usage_perc` is near 1 or the scheduler preempts (`vllm:num_preemptions_total` rises),
 a replica cannot hold more sequences than it runs now, whatever `--max-num-seqs` says.
 
