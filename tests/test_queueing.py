@@ -15,6 +15,7 @@ from inferencepool.core.queueing import (
     erlang_b,
     erlang_c,
     offered_load,
+    peakedness,
     utilization,
     variability_factor,
 )
@@ -151,7 +152,8 @@ def test_allen_cunneen_with_unit_cvs_is_exactly_mmc():
 
 
 def test_allen_cunneen_scales_waits_by_v():
-    base, bursty = Queue(3.3, 2.0), Queue(3.3, 2.0, arrival_cv=2.0, service_cv=1.0)  # v = 2.5
+    ac = dict(approximation="allen-cunneen")
+    base, bursty = Queue(3.3, 2.0, **ac), Queue(3.3, 2.0, arrival_cv=2.0, service_cv=1.0, **ac)  # v = 2.5
     for c in (7, 9, 15):
         assert bursty.mean_wait(c) == pytest.approx(2.5 * base.mean_wait(c), rel=1e-14)
         assert bursty.wait_quantile(c, 0.99) == pytest.approx(2.5 * base.wait_quantile(c, 0.99), rel=1e-14)
@@ -313,3 +315,80 @@ def test_unreachable_target_raises_with_reason():
 def test_bad_inputs_name_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# ---------------------------------------------------------------- the corrected model's parts
+
+
+@pytest.mark.parametrize("x,a", [(0.4, 0.1), (0.8, 0.5), (2.5, 1.0), (6.4, 4.48), (17.3, 15.0), (120.6, 110.0), (640.5, 600.0), (5000.25, 4990.0)])
+def test_erlang_b_for_real_server_counts_matches_the_incomplete_gamma(x, a):
+    """B(x, a) = a^x e^-a / Gamma(x + 1, a), the analytic extension Hayward's scaling needs."""
+    reference = mpmath.power(a, x) * mpmath.exp(-a) / mpmath.gammainc(x + 1, a)
+    assert _close(queueing._erlang_b_real(x, a), reference, 3e-3)
+    assert queueing._erlang_b_real(float(int(x)), a) == erlang_b(int(x), a)
+
+
+def test_erlang_c_for_real_server_counts_is_monotone_and_unstable_at_load():
+    values = [queueing._erlang_c_real(x, 4.48) for x in (4.6, 5.0, 5.5, 6.4, 7.0, 9.9)]
+    assert values == sorted(values, reverse=True)
+    assert queueing._erlang_c_real(4.0, 4.48) == 1.0 and queueing._erlang_c_real(3.0, 0.0) == 0.0
+
+
+def test_peakedness():
+    assert peakedness(1.0, 1.0) == 1.0  # Poisson
+    assert peakedness(4.0, 1.0) == pytest.approx(2.5)  # (I + 1) / 2 for exponential service
+    assert peakedness(4.0, 0.0) == pytest.approx(4.0)  # I for deterministic service
+    assert peakedness(0.25, 1.0) == 1.0  # smoother than Poisson is never credited
+    assert peakedness(4.0, 2.5) == pytest.approx(1 + 3 / 7.25)
+
+
+def test_batches_set_the_dispersion():
+    q = Queue(2.0, 1.0, arrival_cv=1.0, batch_size=3.0, batch_cv=0.5)
+    assert q.dispersion == pytest.approx(3.0 * 1.25) and q.variability == pytest.approx((3.75 + 1) / 2)
+    assert Queue(2.0, 1.0, arrival_cv=1.5).dispersion == pytest.approx(2.25)
+    # more dispersion: more waiting, at every count
+    calm, bursty = Queue(8.0, 1.0), Queue(8.0, 1.0, batch_size=4.0)
+    for c in (9, 12, 20):
+        assert bursty.prob_wait(c) > calm.prob_wait(c) and bursty.wait_quantile(c, 0.99) > calm.wait_quantile(c, 0.99)
+
+
+def test_heavy_tailed_service_widens_only_small_fleets():
+    new, old = Queue(0.7, 1.0, service_cv=2.5), Queue(0.7, 1.0, service_cv=2.5, approximation="allen-cunneen")
+    assert new.wait_quantile(1, 0.99) > 1.5 * old.wait_quantile(1, 0.99)
+    big_new, big_old = Queue(54.4, 1.0, service_cv=2.5), Queue(54.4, 1.0, service_cv=2.5, approximation="allen-cunneen")
+    assert big_new.wait_quantile(64, 0.99) == pytest.approx(big_old.wait_quantile(64, 0.99), rel=1e-3)  # diluted by 1/c^2
+    for c in (1, 2, 4, 16):  # never below Allen-Cunneen with Poisson arrivals
+        q, ac = Queue(0.7 * c, 1.0, service_cv=1.6), Queue(0.7 * c, 1.0, service_cv=1.6, approximation="allen-cunneen")
+        assert q.wait_quantile(c, 0.99) >= ac.wait_quantile(c, 0.99) and q.mean_wait(c) == ac.mean_wait(c)
+
+
+def test_corrected_quantile_inverts_its_tail_and_tail_falls_with_servers():
+    for q in (Queue(0.6, 1.0, service_cv=2.5), Queue(5.0, 1.0, arrival_cv=2.0, service_cv=1.6), Queue(30.0, 2.0, batch_size=3.0)):
+        for c in range(q.min_stable_servers, q.min_stable_servers + 30):
+            for p in (0.9, 0.99, 0.999):
+                t = q.wait_quantile(c, p)
+                if t > 0:
+                    assert q.prob_wait_exceeds(c, t) == pytest.approx(1 - p, rel=1e-9)
+            assert q.prob_wait_exceeds(c + 1, 1.0) <= q.prob_wait_exceeds(c, 1.0)
+
+
+def test_bad_queue_options_name_the_field():
+    with pytest.raises(ValueError, match="batch_size"):
+        Queue(1, 1, batch_size=0.5)
+    with pytest.raises(ValueError, match="batch_cv"):
+        Queue(1, 1, batch_cv=-1)
+    with pytest.raises(ValueError, match="approximation"):
+        Queue(1, 1, approximation="whitt")
+
+
+def test_corrected_model_never_reports_less_waiting_than_allen_cunneen():
+    rng = random.Random(11)
+    for _ in range(300):
+        c = rng.choice([1, 2, 3, 4, 8, 16, 64, 300])
+        a = c * rng.uniform(0.05, 0.99)
+        kw = dict(arrival_cv=rng.choice([0.5, 1.0, 1.5, 2.0, 4.0]), service_cv=rng.choice([0.0, 0.5, 1.0, 1.6, 2.5, 4.0]))
+        new, old = Queue(a, 2.0, **kw), Queue(a, 2.0, approximation="allen-cunneen", **kw)
+        assert new.prob_wait(c) >= old.prob_wait(c) * (1 - 1e-9)
+        assert new.mean_wait(c) >= old.mean_wait(c) * (1 - 1e-9)
+        for p in (0.9, 0.99):
+            assert new.wait_quantile(c, p) >= old.wait_quantile(c, p) * (1 - 1e-9), (c, a, kw, p)

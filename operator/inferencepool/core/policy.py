@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from inferencepool.core import forecast as fc
+from inferencepool.core.capacity import Capacity, KvState, TokenTimeCurve, effective_capacity
 from inferencepool.core.queueing import Queue, TargetUnreachable
 
 
@@ -34,6 +35,7 @@ class PoolSpec:
     forecast_quantile: float = 0.9  # size for this upper quantile of the forecast
     max_metrics_age_seconds: float = 120.0  # older observations are stale: hold
     gpu_hour_price: float = 0.0
+    max_token_time_seconds: float | None = None  # inter-token latency target: caps concurrency (with a curve)
 
     @property
     def replica_cap(self) -> int:
@@ -65,6 +67,11 @@ class Observations:
     unschedulable_replicas: int = 0  # pods Pending for lack of GPUs
     cold_start_seconds: float | None = None  # measured pod creation -> Ready
     metrics_age_seconds: float = 0.0  # how old the freshest sample is
+    # Load-dependent service (core/capacity.py); without a curve the service time is a constant (as before).
+    token_time_curve: TokenTimeCurve | None = None  # per-token time against running requests per replica
+    service_concurrency: float | None = None  # running per replica while service_time was measured; None: running now
+    kv_cache_usage: float | None = None  # mean vllm:kv_cache_usage_perc over replicas (0-1)
+    preemptions: float | None = None  # vllm:num_preemptions_total increase over the window
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class Decision:
     metrics_available: bool = True
     saturated: bool = False
     scaling_limited: bool = False
+    capacity: Capacity | None = None  # effective slots and service time per replica, when load-dependent
 
     @property
     def action(self) -> str:
@@ -155,6 +163,24 @@ def _slo_statistic(spec: PoolSpec, queue: Queue, servers: int) -> float:
     if spec.slo_percentile is None:
         return queue.mean_wait(servers)
     return queue.wait_quantile(servers, spec.slo_percentile)
+
+
+def load_dependent_capacity(spec: PoolSpec, obs: Observations, service_time: float) -> Capacity | None:
+    """Slots and service time at full concurrency from the observed per-token-time curve; None without one.
+
+    The measured service time belongs to the concurrency it was measured at (obs.service_concurrency, else
+    running per ready replica now); with neither known it is not rescaled, and only KV and ITL caps apply.
+    """
+    if obs.token_time_curve is None:
+        return None
+    running = obs.running / obs.ready_replicas if _usable(obs.running) and obs.ready_replicas > 0 else None
+    measured = obs.service_concurrency if _usable(obs.service_concurrency) else running
+    kv = KvState(usage=obs.kv_cache_usage, preemptions=obs.preemptions, running_per_replica=running)
+    capacity = effective_capacity(
+        spec.slots_per_replica, service_time, measured if measured is not None else spec.slots_per_replica,
+        obs.token_time_curve, kv, spec.max_token_time_seconds,
+    )
+    return capacity
 
 
 def horizon(spec: PoolSpec, obs: Observations) -> float:
@@ -201,6 +227,9 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         planning_rate = max(obs.arrival_rate, forecast_rate)
 
     slots = spec.slots_per_replica
+    capacity = load_dependent_capacity(spec, obs, service_time) if service_time is not None else None
+    if capacity is not None:
+        slots, service_time = capacity.slots, capacity.service_time
     target = wait_target(spec, obs)
 
     def replicas_for(rate: float) -> tuple[int, bool]:
@@ -266,6 +295,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         predicted_wait=_slo_statistic(spec, observed, replicas * slots) if replicas else None,
         saturated=saturated,
         scaling_limited=limited,
+        capacity=capacity,
     )
     return replace(decision, reason=explain(spec, obs, decision))
 
@@ -313,4 +343,9 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
         "max_step": f"scale-down is limited to {spec.scale_down_max_step} replica(s) per step",
     }[d.constraint]
     extra = " (saturated: demand exceeds the capped fleet)" if d.saturated else ""
+    if d.capacity is not None:
+        extra += (
+            f"; {d.capacity.slots} effective slots per replica ({d.capacity.limited_by}),"
+            f" service {d.capacity.service_time:.3g}s at that concurrency (x{d.capacity.slowdown:.2f})"
+        )
     return f"{move}: {why}; {demand}{extra}"

@@ -5,6 +5,24 @@ A slot that serves one request at a time is a *server*; a replica with a batch o
 is an M/G/c queue and the Erlang-C formula tells us how long they wait.
 
 Pure functions (math and numpy only; no scipy, so the CLI starts fast), no I/O.
+
+Two approximations for the wait, both checked against an independent FCFS simulation
+(tests/fcfs_sim.py; the accuracy tables are in benchmarks/README.md):
+
+- "allen-cunneen": P(W > 0) = Erlang C, and (ca^2 + cs^2) / 2 scales the decay only.
+- "corrected" (the default): bursty arrivals raise P(W > 0) as well.  Counts with index of
+  dispersion I = ca^2 make the busy servers "peaked" with peakedness z = 1 + (I - 1) / (1 + cs^2)
+  (exact for an infinite-server queue with exponential service and Poisson batches, and z = I for
+  deterministic service), so P(W > 0) is Erlang C on c / z servers at load a / z: Hayward's
+  scaling (A. A. Fredericks, "Congestion in blocking systems - a simple approximation technique",
+  Bell System Technical Journal 59, 1980), here applied to Erlang C.  z is never below 1.  For
+  heavy-tailed service (cs > 1) a small fleet's wait, given that it waits, is more variable than an
+  exponential: its squared CV is the M/G/1 one (Takacs' second moment, with a third service moment
+  6 ((1 + cs^2) / 2)^3, exact for exponential service and close to a lognormal's) diluted by 1 / c^2,
+  taken as a balanced two-phase hyperexponential (as W. Whitt, "Approximations for the GI/G/m
+  queue", Production and Operations Management 2(2), 1993, fits the conditional delay by its
+  moments).  Its tail is never below the exponential one.  With ca = cs = 1 both models are
+  exactly M/M/c.
 """
 
 from __future__ import annotations
@@ -24,8 +42,12 @@ __all__ = [
     "erlang_c",
     "utilization",
     "variability_factor",
+    "peakedness",
+    "APPROXIMATIONS",
     "Queue",
 ]
+
+APPROXIMATIONS = ("corrected", "allen-cunneen")
 
 
 class UnstableQueue(ValueError):
@@ -98,6 +120,16 @@ def variability_factor(arrival_cv: float = 1.0, service_cv: float = 1.0) -> floa
     ca = _nonnegative("arrival_cv", arrival_cv)
     cs = _nonnegative("service_cv", service_cv)
     return (ca * ca + cs * cs) / 2.0
+
+
+def peakedness(dispersion: float, service_cv: float) -> float:
+    """z = 1 + (I - 1) / (1 + cs^2) >= 1: how much burstier than Poisson the busy servers are.
+
+    For an infinite-server queue fed by Poisson batches (dispersion I = E[X^2]/E[X]) z is exactly
+    1 + (I - 1) mu int (1 - G(t))^2 dt, which is (I + 1) / 2 for exponential service and I for
+    deterministic; 1 / (1 + cs^2) is the two-moment stand-in for that integral.
+    """
+    return max(1.0, 1.0 + (_nonnegative("dispersion", dispersion) - 1.0) / (1.0 + _nonnegative("service_cv", service_cv) ** 2))
 
 
 def _stirling_error(n: int) -> float:
@@ -183,6 +215,67 @@ def erlang_c(servers: int, load: float) -> float:
     return min(1.0, c * b / (c - a * (1.0 - b)))
 
 
+_LAGUERRE = np.polynomial.laguerre.laggauss(60)
+_FRACTIONAL_RECURSION_MAX = 200
+
+
+def _erlang_b_real(servers: float, load: float) -> float:
+    """Erlang B for a real number of servers x: a^x e^-a / Gamma(x + 1, a) (the analytic extension).
+
+    Integers go to erlang_b.  Otherwise 1 / B(f, a) = int_0^inf e^-u (1 + u/a)^f du for the fractional
+    part f (60-point Gauss-Laguerre) and the stable recursion up to x <= 200; above, log B is
+    interpolated between the neighbouring integers (smooth there).  Within ~0.3% of mpmath.
+    """
+    n, f = divmod(servers, 1.0)
+    n = int(n)
+    if f == 0.0:
+        return erlang_b(n, load)
+    if load == 0:
+        return 0.0
+    if n >= _FRACTIONAL_RECURSION_MAX:
+        lo, hi = erlang_b(n, load), erlang_b(n + 1, load)
+        if lo == 0.0 or hi == 0.0:
+            return lo + f * (hi - lo)
+        return math.exp((1 - f) * math.log(lo) + f * math.log(hi))
+    nodes, weights = _LAGUERRE
+    b = 1.0 / float(np.dot(weights, (1.0 + nodes / load) ** f))
+    for k in range(1, n + 1):
+        b = load * b / (k + f + load * b)
+    return b
+
+
+def _erlang_c_real(servers: float, load: float) -> float:
+    """Erlang C for a real number of servers (see _erlang_b_real); 1.0 when load >= servers."""
+    if load == 0:
+        return 0.0
+    if load >= servers:
+        return 1.0
+    b = _erlang_b_real(servers, load)
+    return min(1.0, servers * b / (servers - load * (1.0 - b)))
+
+
+def _h2_tail(t: float, mean: float, scv: float) -> float:
+    """P(X > t) of a balanced-means two-phase hyperexponential with this mean and squared CV >= 1."""
+    p = (1.0 + math.sqrt((scv - 1.0) / (scv + 1.0))) / 2.0
+    return p * math.exp(-2.0 * p * t / mean) + (1.0 - p) * math.exp(-2.0 * (1.0 - p) * t / mean)
+
+
+def _h2_quantile(tail: float, mean: float, scv: float) -> float:
+    """t with _h2_tail(t) = tail, for 0 < tail < 1 (bisection: the tail is strictly decreasing)."""
+    low, high = 0.0, mean
+    while _h2_tail(high, mean, scv) > tail:
+        low, high = high, 2.0 * high
+    for _ in range(100):
+        middle = (low + high) / 2.0
+        if middle in (low, high):
+            break
+        if _h2_tail(middle, mean, scv) > tail:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 # ---------------------------------------------------------------- the queue
 
 
@@ -216,21 +309,35 @@ def _first_meeting(meets: Callable[[int], bool], lower: int, guesses: Callable[[
 class Queue:
     """An M/G/c-ish queue described by what we can measure.
 
-    Waits use the Allen-Cunneen approximation for G/G/c: the M/M/c wait scaled by
-    v = (ca^2 + cs^2) / 2.  Mean wait = v C(c,a) / (c mu - lambda) and the tail is
-    approximated by P(W > t) ~= C(c,a) exp(-(c mu - lambda) t / v).  With
-    ca = cs = 1 both are exactly M/M/c; with c = 1 the mean is exactly Pollaczek-
-    Khinchine for Poisson arrivals.  The tail shape is an approximation otherwise.
+    P(W > t) ~= alpha T(t), with alpha = P(W > 0) and T the tail of the wait of those who wait,
+    whose mean is v S / (c - a), v = (I + cs^2) / 2 (I: the arrivals' index of dispersion, ca^2 for
+    renewal arrivals).  "allen-cunneen": alpha = C(c, a), T exponential.  "corrected" (default):
+    alpha = C(c/z, a/z) with z = peakedness(I, cs), and for cs > 1 T is a hyperexponential whose
+    squared CV falls from the M/G/1 value at c = 1 towards 1 as 1/c^2 (see the module docstring).
+    Mean wait = alpha v S / (c - a).  With ca = cs = 1 (and no batches) both are exactly M/M/c;
+    with c = 1 and Poisson arrivals the mean is exactly Pollaczek-Khinchine.
+
+    Batch arrivals (agents, fan-out clients): batches of batch_size requests on average, with size CV
+    batch_cv, arrive with inter-batch CV arrival_cv; their counts have I = m (ca^2 + cv_X^2).
+    A measured index of dispersion already includes batches: pass it as arrival_cv^2 and leave
+    batch_size at 1.
     """
 
     arrival_rate: float  # requests / s
     service_time: float  # mean seconds a server (slot) is busy with one request
-    arrival_cv: float = 1.0  # coefficient of variation of inter-arrival times
+    arrival_cv: float = 1.0  # coefficient of variation of inter-arrival times (of batches, with batches)
     service_cv: float = 1.0  # coefficient of variation of service times
+    batch_size: float = 1.0  # mean requests arriving together (>= 1)
+    batch_cv: float = 0.0  # coefficient of variation of the batch size
+    approximation: str = "corrected"  # or "allen-cunneen"
 
     def __post_init__(self) -> None:
-        for name in ("arrival_rate", "service_time", "arrival_cv", "service_cv"):
+        for name in ("arrival_rate", "service_time", "arrival_cv", "service_cv", "batch_size", "batch_cv"):
             object.__setattr__(self, name, _nonnegative(name, getattr(self, name)))
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (mean requests per batch), got {self.batch_size!r}")
+        if self.approximation not in APPROXIMATIONS:
+            raise ValueError(f"approximation must be one of {', '.join(APPROXIMATIONS)}, got {self.approximation!r}")
 
     @property
     def load(self) -> float:
@@ -238,9 +345,45 @@ class Queue:
         return self.arrival_rate * self.service_time
 
     @property
+    def dispersion(self) -> float:
+        """Index of dispersion of arrival counts, I = m (ca^2 + cv_X^2); ca^2 without batches."""
+        return self.batch_size * (self.arrival_cv**2 + self.batch_cv**2)
+
+    @property
     def variability(self) -> float:
-        """Allen-Cunneen factor v = (ca^2 + cs^2) / 2."""
-        return variability_factor(self.arrival_cv, self.service_cv)
+        """Allen-Cunneen factor v = (I + cs^2) / 2 ((ca^2 + cs^2) / 2 without batches)."""
+        return (self.dispersion + self.service_cv**2) / 2.0
+
+    def prob_wait(self, servers: int) -> float:
+        """P(W > 0): Erlang C, on c/z servers at load a/z for "corrected"; 1.0 when unstable."""
+        c = _count("servers", servers)
+        if self.load == 0:
+            return 0.0
+        if c <= self.load:
+            return 1.0
+        if self.approximation == "allen-cunneen":
+            return erlang_c(c, self.load)
+        z = peakedness(self.dispersion, self.service_cv)
+        return erlang_c(c, self.load) if z == 1.0 else _erlang_c_real(c / z, self.load / z)
+
+    def _conditional_scv(self, servers: int) -> float:
+        """Squared CV of the wait of those who wait: 1 (exponential) unless "corrected" and cs > 1.
+
+        M/G/1 (Takacs): E[W] = rho E[S^2] / (2 (1 - rho) S), E[W^2] = 2 E[W]^2 + lambda E[S^3] / (3 (1 - rho)),
+        and W | W > 0 has E[W^k] / rho; E[S^3] = 6 S^3 ((1 + cs^2) / 2)^3.  Diluted by 1/c^2 for c servers.
+        """
+        cs2 = self.service_cv**2
+        if self.approximation == "allen-cunneen" or cs2 <= 1.0:
+            return 1.0
+        rho = self.load / servers
+        mean = rho * (1.0 + cs2) / (2.0 * (1.0 - rho))  # in units of S
+        second = 2.0 * mean * mean + rho * 6.0 * ((1.0 + cs2) / 2.0) ** 3 / (3.0 * (1.0 - rho))
+        single = rho * second / (mean * mean) - 1.0
+        return 1.0 + max(single - 1.0, 0.0) / (servers * servers)
+
+    def _conditional_mean(self, servers: int) -> float:
+        """Mean wait of those who wait, v S / (c - a), seconds."""
+        return self.variability / self._drain_rate(servers)
 
     @property
     def min_stable_servers(self) -> int:
@@ -262,7 +405,7 @@ class Queue:
             return 0.0
         if c <= self.load:
             return math.inf
-        return self.variability * erlang_c(c, self.load) / self._drain_rate(c)
+        return self.prob_wait(c) * self._conditional_mean(c)
 
     def prob_wait_exceeds(self, servers: int, t: float) -> float:
         """P(W > t) for t >= 0 seconds; 1.0 when unstable."""
@@ -272,12 +415,17 @@ class Queue:
             return 0.0
         if c <= self.load:
             return 1.0
-        waits = erlang_c(c, self.load)
+        waits = self.prob_wait(c)
         if t == 0:
             return waits
         if self.variability == 0:
             return 0.0
-        return waits * math.exp(-self._drain_rate(c) * t / self.variability)
+        mean = self._conditional_mean(c)
+        tail = math.exp(-t / mean)
+        scv = self._conditional_scv(c)
+        if scv > 1.0:
+            tail = max(tail, _h2_tail(t, mean, scv))
+        return waits * tail
 
     def wait_quantile(self, servers: int, p: float) -> float:
         """Smallest t with P(W <= t) >= p; 0 if C(c,a) <= 1-p; math.inf when unstable."""
@@ -287,10 +435,15 @@ class Queue:
             return 0.0
         if c <= self.load:
             return math.inf
-        waits = erlang_c(c, self.load)
+        waits = self.prob_wait(c)
         if waits <= 1 - p:
             return 0.0
-        return self.variability / self._drain_rate(c) * math.log(waits / (1 - p))
+        mean = self._conditional_mean(c)
+        quantile = mean * math.log(waits / (1 - p))
+        scv = self._conditional_scv(c)
+        if scv > 1.0:
+            quantile = max(quantile, _h2_quantile((1 - p) / waits, mean, scv))
+        return quantile
 
     # ------------------------------------------------------------ inverse solves
 
