@@ -170,13 +170,32 @@ def test_missing_metrics_hold_and_say_why_once(world, events):
     status = pool.tick(operator)
     assert kube.scaled == [scaled] and status["desiredReplicas"] == scaled
     metrics_condition = condition(status, "MetricsAvailable")
-    assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "MetricsMissing")
+    assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "NoVllmSeries")
     assert "never scaling down without metrics" in metrics_condition["message"]
+    assert 'no series vllm:num_requests_running nor vllm_num_requests_running with pool="llama"' in metrics_condition["message"]
+    assert "examples/prometheus-scrape.yaml" in metrics_condition["message"]
     assert "arrivalRate" not in status
-    assert [e[:2] for e in events] == [("Warning", "MetricsMissing")]
+    assert [e[:2] for e in events] == [("Warning", "NoVllmSeries")]
     events.clear()
     pool.tick(operator)
     assert events == []  # not once per tick
+
+
+def test_a_scraped_pool_without_vllm_series_says_to_check_port_and_path(world, events):
+    operator, kube, reader = world
+    reader.pools = observe.Pools({("serving", "llama"): observe.PoolMetrics(newest_sample_time=None, targets_up=1.0)})
+    status = Pool().tick(operator)
+    c = condition(status, "MetricsAvailable")
+    assert c["reason"] == "NoVllmSeries" and "(up=1)" in c["message"] and "--disable-log-stats" in c["message"]
+    reader.pools = observe.Pools({("serving", "llama"): observe.PoolMetrics(newest_sample_time=None, targets_up=0.0)})
+    assert "fail to scrape (up=0)" in condition(Pool().tick(operator), "MetricsAvailable")["message"]
+
+
+def test_series_without_an_arrival_rate_are_missing_metrics_not_missing_series(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=None, service=1.5)
+    c = condition(Pool().tick(operator), "MetricsAvailable")
+    assert (c["status"], c["reason"]) == ("False", "MetricsMissing")
 
 
 def test_stale_metrics_and_prometheus_errors_hold_too(world, events):

@@ -36,7 +36,10 @@ def buckets(values: np.ndarray):
 
 def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
     qs = observe.queries(S)
-    assert qs["completion_rate"] == 'sum by (namespace, pool) (rate(vllm:request_success_total{pool!=""}[2m]))'
+    assert qs["completion_rate"] == (
+        'sum by (namespace, pool) (rate(vllm:request_success_total{pool!=""}[2m])'
+        ' or rate(vllm_request_success_total{pool!=""}[2m]))'
+    )
     assert "deriv(vllm:num_requests_waiting" in qs["in_system_growth"] and "deriv(vllm:num_requests_running" in qs["in_system_growth"]
     assert "vllm:request_inference_time_seconds_sum" in qs["service_mean"]
     assert qs["service_buckets"].startswith("sum by (namespace, pool, le) (rate(vllm:request_inference_time_seconds_bucket")
@@ -44,20 +47,33 @@ def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
     assert "vllm:request_queue_time_seconds_count" in qs["queue_mean"]
     assert "vllm:request_prefill_time_seconds_sum" in qs["prefill_mean"]
     assert "vllm:time_to_first_token_seconds_bucket" in qs["ttft_buckets"]
-    assert qs["newest_sample"] == 'max by (namespace, pool) (timestamp(vllm:num_requests_running{pool!=""}))'
+    assert qs["newest_sample"] == (
+        'max by (namespace, pool) (timestamp(vllm:num_requests_running{pool!=""})'
+        ' or timestamp(vllm_num_requests_running{pool!=""}))'
+    )
     assert "[2m:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
-    assert all("{pool" in q for q in qs.values())
+    assert all("{pool" in q for name, q in qs.items() if name != "unlabelled_series")
 
 
 def test_pool_matchers_and_label_names_are_configurable():
     qs = observe.queries(QuerySettings(rate_window="30s", pool_label="ipool", namespace_label="ns"), 'cluster="eu",')
-    assert qs["waiting"] == 'sum by (ns, ipool) (vllm:num_requests_waiting{ipool!="", cluster="eu"})'
+    assert qs["waiting"] == (
+        'sum by (ns, ipool) (vllm:num_requests_waiting{ipool!="", cluster="eu"}'
+        ' or vllm_num_requests_waiting{ipool!="", cluster="eu"})'
+    )
+    assert qs["unlabelled_series"] == 'count({__name__=~"vllm[:_]num_requests_running", ipool="", cluster="eu"})'
 
 
-def test_escaped_metric_names():
-    qs = observe.queries(QuerySettings(metric_prefix="vllm_"))
-    assert "vllm:" not in "".join(qs.values())
-    assert qs["running"] == 'sum by (namespace, pool) (vllm_num_requests_running{pool!=""})'
+def test_every_vllm_series_is_read_under_both_spellings():
+    """vllm:x and the escaped vllm_x (Prometheus 2.x scraping prometheus_client >= 0.23), always both."""
+    import re
+
+    for name, promql in observe.queries(S).items():
+        colon = re.findall(r"vllm:(\w+)", promql)
+        underscore = re.findall(r"vllm_(\w+)\{", promql)
+        if name in ("targets_up", "unlabelled_series"):
+            continue
+        assert colon and sorted(colon) == sorted(underscore), name
 
 
 @pytest.mark.parametrize("text, seconds", [("30s", 30), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5)])
@@ -331,3 +347,15 @@ def test_reader_failure_is_reported_and_cached():
         with pytest.raises(observe.PrometheusUnavailable, match="connection refused"):
             reader.read()
     assert len(client.calls) == 1 and errors == ["completion_rate"]
+
+
+def test_a_pool_with_targets_but_no_vllm_series_is_present_without_samples():
+    results = canned(targets_up=[sample(1.0), sample(0.0, pool="other")], unlabelled_series=[{"metric": {}, "value": [0, "3"]}])
+    pools = observe.pool_metrics(results, S)
+    assert pools[("serving", "llama")].targets_up == 1.0 and pools[("serving", "llama")].newest_sample_time == 995.0
+    other = pools[("serving", "other")]
+    assert (other.newest_sample_time, other.targets_up) == (None, 0.0)
+    assert observe.observations(other, now=1000.0, current_replicas=2).arrival_rate is None
+    assert pools.unlabelled_series == 3
+    message = observe.missing_series_message(None, pools.unlabelled_series, S, "serving", "nowhere")
+    assert 'pool="nowhere"' in message and "3 vLLM series in Prometheus carry no 'pool' label" in message

@@ -166,10 +166,13 @@ class Operator:
         )
         current = int(last_desired) if hand_edited else live_replicas
 
-        prometheus_error = None
+        prometheus_error = missing = None
         try:
             pools = self.reader.read(config.prometheus_url, config.matchers)
             metrics = observe.find(pools, namespace, name)
+            if metrics is None or metrics.newest_sample_time is None:
+                missing = observe.missing_series_message(
+                    metrics, getattr(pools, "unlabelled_series", 0), self.config.query, namespace, name)
         except observe.PrometheusUnavailable as error:
             metrics, prometheus_error = None, str(error)
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
@@ -194,7 +197,7 @@ class Operator:
         generation = body.metadata.get("generation")
         previous_conditions = status.get("conditions")
         conditions_now = pool_status.conditions(
-            config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation
+            config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation, missing
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)

@@ -4,6 +4,11 @@ One PromQL query per signal serves every pool (grouped by the pool label), so th
 not grow with the number of pools. The parsing is pure and separate from the HTTP calls so it can be
 tested on canned query results.
 
+Names: every query reads both spellings of vLLM's series, vllm:* and the escaped vllm_* a Prometheus 2.x
+scrape of a recent prometheus_client stores (see `either`), so no configuration is needed and a pool
+whose pods export both (mid-rollout) is summed once. A pool with neither gets a message that says what to
+check (`missing_series_message`, from the pool's scrape targets' `up`).
+
 Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
 - arrival rate = completion rate (vllm:request_success_total) + growth of the requests in the system
   (deriv of vllm:num_requests_waiting + vllm:num_requests_running). Completions alone lag arrivals and are
@@ -30,15 +35,15 @@ from inferencepool.core.signals import arrival_cv, histogram_cv, histogram_quant
 PoolKey = tuple[str, str]  # (namespace, pool); namespace "" when the series carry no namespace label
 
 
+SPELLINGS = ("vllm:", "vllm_")  # as vLLM names them; as a Prometheus 2.x scrape stores them (escaped)
+
+
 @dataclass(frozen=True)
 class QuerySettings:
     rate_window: str = "2m"  # the window of every rate; shorter reacts faster, longer is steadier
     burst_window: str = "15s"  # the short windows whose count dispersion estimates the arrival CV
     pool_label: str = "pool"  # the series label that names the pool
     namespace_label: str = "namespace"
-    # "vllm_" where the names arrive escaped: prometheus_client's OpenMetrics output turns "vllm:" into
-    # "vllm_" for a scraper that does not ask for UTF-8 names (Prometheus 2.x).
-    metric_prefix: str = "vllm:"
 
     @property
     def burst_seconds(self) -> float:
@@ -65,41 +70,63 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def either(expression: Callable[[str], str]) -> str:
+    """`expression` for both spellings of vLLM's names, joined by `or`.
+
+    vLLM serves /metrics with prometheus_client's content negotiation (prometheus_client.make_asgi_app,
+    see vllm/entrypoints/openai/api_server.py); from prometheus_client 0.23 a Prometheus 2.x scrape gets
+    OpenMetrics with escaping=underscores, so its samples are stored as vllm_*, while Prometheus 3 (and
+    older clients) store vllm:*. Which one a pool has depends on the image, and a rollout can mix them.
+    `or` keeps every series of either name (pods differ in their pod/instance labels, so both are
+    summed), and where one target has both (a Prometheus upgrade mid-window) a rate over each, which
+    drops the name, keeps the first only: no double count and no "same labelset" error, unlike a
+    `{__name__=~"vllm:x|vllm_x"}` selector inside rate().
+    """
+    return "(" + " or ".join(expression(prefix) for prefix in SPELLINGS) + ")"
+
+
 def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     """The PromQL for every signal, for all pools at once (pool-specific matchers go in `matchers`)."""
     s = settings
     by = f"{s.namespace_label}, {s.pool_label}"
-    sel = "{" + ", ".join(m for m in (f'{s.pool_label}!=""', matchers.strip().strip(",")) if m) + "}"
+    extra = matchers.strip().strip(",")
+    sel = "{" + ", ".join(m for m in (f'{s.pool_label}!=""', extra) if m) + "}"
     w = s.rate_window
 
+    def over(function: str, metric: str, window: str = w, extra_by: str = "") -> str:
+        return f"sum by ({by}{extra_by}) {either(lambda p: f'{function}({p}{metric}{sel}[{window}])')}"
+
     def rate(metric: str, extra_by: str = "") -> str:
-        return f"sum by ({by}{extra_by}) (rate({metric}{sel}[{w}]))"
+        return over("rate", metric, extra_by=extra_by)
 
     def mean(histogram: str) -> str:
         return f"{rate(histogram + '_sum')} / {rate(histogram + '_count')}"
 
-    burst_rate = f"sum by ({by}) (rate(vllm:request_success_total{sel}[{s.burst_window}]))[{w}:{s.burst_window}]"
-    queries = {
-        "completion_rate": rate("vllm:request_success_total"),
-        "in_system_growth": (
-            f"sum by ({by}) (deriv(vllm:num_requests_waiting{sel}[{w}]))"
-            f" + sum by ({by}) (deriv(vllm:num_requests_running{sel}[{w}]))"
-        ),
-        "waiting": f"sum by ({by}) (vllm:num_requests_waiting{sel})",
-        "running": f"sum by ({by}) (vllm:num_requests_running{sel})",
-        "newest_sample": f"max by ({by}) (timestamp(vllm:num_requests_running{sel}))",
-        "service_mean": mean("vllm:request_inference_time_seconds"),
-        "service_buckets": rate("vllm:request_inference_time_seconds_bucket", ", le"),
-        "service_samples": f"sum by ({by}) (increase(vllm:request_inference_time_seconds_count{sel}[{w}]))",
-        "e2e_mean": mean("vllm:e2e_request_latency_seconds"),
-        "queue_mean": mean("vllm:request_queue_time_seconds"),
-        "prefill_mean": mean("vllm:request_prefill_time_seconds"),
-        "queue_buckets": rate("vllm:request_queue_time_seconds_bucket", ", le"),
-        "ttft_buckets": rate("vllm:time_to_first_token_seconds_bucket", ", le"),
+    def gauge(metric: str) -> str:
+        return f"sum by ({by}) {either(lambda p: f'{p}{metric}{sel}')}"
+
+    burst_rate = f"{over('rate', 'request_success_total', s.burst_window)}[{w}:{s.burst_window}]"
+    unlabelled = "{" + ", ".join(m for m in ('__name__=~"vllm[:_]num_requests_running"', f'{s.pool_label}=""', extra) if m) + "}"
+    return {
+        "completion_rate": rate("request_success_total"),
+        "in_system_growth": f"{over('deriv', 'num_requests_waiting')} + {over('deriv', 'num_requests_running')}",
+        "waiting": gauge("num_requests_waiting"),
+        "running": gauge("num_requests_running"),
+        "newest_sample": f"max by ({by}) {either(lambda p: f'timestamp({p}num_requests_running{sel})')}",
+        "service_mean": mean("request_inference_time_seconds"),
+        "service_buckets": rate("request_inference_time_seconds_bucket", ", le"),
+        "service_samples": over("increase", "request_inference_time_seconds_count"),
+        "e2e_mean": mean("e2e_request_latency_seconds"),
+        "queue_mean": mean("request_queue_time_seconds"),
+        "prefill_mean": mean("request_prefill_time_seconds"),
+        "queue_buckets": rate("request_queue_time_seconds_bucket", ", le"),
+        "ttft_buckets": rate("time_to_first_token_seconds_bucket", ", le"),
         "burst_rate_var": f"stdvar_over_time({burst_rate})",
         "burst_rate_mean": f"avg_over_time({burst_rate})",
+        # what to say when a pool has no vLLM series: are its targets scraped at all?
+        "targets_up": f"max by ({by}) (up{sel})",
+        "unlabelled_series": f"count({unlabelled})",
     }
-    return {name: promql.replace("vllm:", s.metric_prefix) for name, promql in queries.items()}
 
 
 # ---------------------------------------------------------------- pure parsing
@@ -159,17 +186,32 @@ class PoolMetrics:
     running: float | None = None
     queue_buckets: tuple[tuple[float, float], ...] = ()
     ttft_buckets: tuple[tuple[float, float], ...] = ()
+    targets_up: float | None = None  # max of `up` over the pool's scrape targets; None: no target
 
 
-def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> dict[PoolKey, PoolMetrics]:
-    """Every pool's metrics from the raw results of `queries()` (keyed the same way)."""
+class Pools(dict):
+    """{pool: PoolMetrics}, and how many vLLM series carry no pool label (to say why a pool has none)."""
+
+    unlabelled_series: int = 0
+
+
+def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
+    """Every pool's metrics from the raw results of `queries()` (keyed the same way).
+
+    A pool whose targets Prometheus knows (`up`) but that has no vLLM sample is present with
+    newest_sample_time None, so that its status can say the scrape works but the series are missing.
+    """
     vec = {name: parse_vector(results.get(name, []), settings) for name in results if not name.endswith("_buckets")}
     hist = {name: parse_buckets(results.get(name, []), settings) for name in results if name.endswith("_buckets")}
 
     def get(name: str, key: PoolKey) -> float | None:
         return vec.get(name, {}).get(key)
 
-    pools = {}
+    pools = Pools()
+    pools.unlabelled_series = int(sum(vec.get("unlabelled_series", {}).values()))
+    for key, up in vec.get("targets_up", {}).items():
+        if key not in vec.get("newest_sample", {}):
+            pools[key] = PoolMetrics(newest_sample_time=None, targets_up=up)
     for key, newest in vec.get("newest_sample", {}).items():
         completions = get("completion_rate", key)
         arrival = None if completions is None else max(completions + (get("in_system_growth", key) or 0.0), 0.0)
@@ -192,8 +234,30 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> dict[P
             running=get("running", key),
             queue_buckets=tuple(hist.get("queue_buckets", {}).get(key, [])),
             ttft_buckets=tuple(hist.get("ttft_buckets", {}).get(key, [])),
+            targets_up=get("targets_up", key),
         )
     return pools
+
+
+def missing_series_message(
+    metrics: PoolMetrics | None, unlabelled_series: int, settings: QuerySettings, namespace: str, name: str
+) -> str:
+    """Why a pool has no vLLM series under either spelling, and what to check."""
+    who = f'{settings.pool_label}="{name}"'
+    names = "vllm:num_requests_running nor vllm_num_requests_running"
+    if metrics is not None and metrics.targets_up is not None:
+        if metrics.targets_up >= 1:
+            return (f"Prometheus scrapes targets labelled {who} (up=1) but finds neither {names}: check the scrape's "
+                    "port and path (vLLM serves /metrics on spec.engine.port) and that engine.extraArgs has no "
+                    "--disable-log-stats")
+        return (f"the targets labelled {who} fail to scrape (up=0): check that the pods run and that the scrape "
+                "uses vLLM's port and /metrics")
+    message = (f"no series {names} with {who} (namespace {namespace!r}) and no scrape target with that label: check "
+               "that Prometheus scrapes the pods and copies the pod label autoscaling.inferencepool.dev/pool "
+               f"to the label {settings.pool_label!r} (--pool-label; see examples/prometheus-scrape.yaml)")
+    if unlabelled_series:
+        message += f"; {unlabelled_series} vLLM series in Prometheus carry no {settings.pool_label!r} label"
+    return message
 
 
 def find(pools: Mapping[PoolKey, PoolMetrics], namespace: str, name: str) -> PoolMetrics | None:

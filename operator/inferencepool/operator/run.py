@@ -49,8 +49,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="the label that names the pool on vLLM's series in Prometheus (default %(default)s)")
     parser.add_argument("--namespace-label", default="namespace",
                         help="the label that names the namespace on vLLM's series (default %(default)s)")
-    parser.add_argument("--metric-prefix", default="vllm:", choices=("vllm:", "vllm_"),
-                        help='prefix of vLLM\'s series in Prometheus: "vllm_" where OpenMetrics scrapes escaped the colon')
     parser.add_argument("--metrics-port", type=int, default=9808,
                         help="port of the operator's own /metrics; 0 turns it off (default %(default)s)")
     parser.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics (default %(default)s)")
@@ -85,7 +83,6 @@ def build(args: argparse.Namespace):
         burst_window=args.burst_window,
         pool_label=args.pool_label,
         namespace_label=args.namespace_label,
-        metric_prefix=args.metric_prefix,
     )
     config = handlers.OperatorConfig(prometheus_url=args.prometheus_url, interval=args.interval, query=query)
     metrics = OperatorMetrics()

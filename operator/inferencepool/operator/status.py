@@ -89,7 +89,11 @@ def conditions(
     stuck_message: str | None,
     now: float,
     generation: int | None,
+    missing_message: str | None = None,
 ) -> list[dict]:
+    """The four conditions; `missing_message` (observe.missing_series_message) is set when the pool has no
+    vLLM series at all, which gets its own reason (NoVllmSeries) and says what to check."""
+
     def make(kind, ok, reason, message):
         return condition(kind, ok, reason, message, now, generation)
 
@@ -102,6 +106,8 @@ def conditions(
         metrics = make("MetricsAvailable", True, "MetricsFresh", f"newest sample {obs.metrics_age_seconds:.0f}s old")
     elif prometheus_error:
         metrics = make("MetricsAvailable", False, "PrometheusUnavailable", f"{prometheus_error}; {decision.reason}")
+    elif missing_message:
+        metrics = make("MetricsAvailable", False, "NoVllmSeries", f"{missing_message}; {decision.reason}")
     elif obs.metrics_age_seconds > config.policy.max_metrics_age_seconds:
         metrics = make("MetricsAvailable", False, "MetricsStale", decision.reason)
     else:
