@@ -102,8 +102,8 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     def mean(histogram: str) -> str:
         return f"{rate(histogram + '_sum')} / {rate(histogram + '_count')}"
 
-    def gauge(metric: str) -> str:
-        return f"sum by ({by}) {either(lambda p: f'{p}{metric}{sel}')}"
+    def gauge(metric: str) -> str:  # "+ 0" drops the name, so that `or` keeps one of a target's two spellings
+        return f"sum by ({by}) {either(lambda p: f'{p}{metric}{sel} + 0')}"
 
     burst_rate = f"{over('rate', 'request_success_total', s.burst_window)}[{w}:{s.burst_window}]"
     unlabelled = "{" + ", ".join(m for m in ('__name__=~"vllm[:_]num_requests_running"', f'{s.pool_label}=""', extra) if m) + "}"
