@@ -401,9 +401,12 @@ def test_operator_reads_pools_whose_names_are_escaped_unescaped_or_both(cluster,
     spelled = {p for p in ("vllm:", "vllm_") if prom.query(f'{p}num_requests_running{{pool="{name}"}}')}
     assert spelled == {{"negotiate": "vllm_", "unescaped": "vllm:"}[e] for e in expositions}
     operator(prom.url)
-    cluster.apply(pool_manifest(name), namespace=namespace)
+    # the escaped pool reads its arrivals from its own query instead (as from a gateway's counter)
+    query = f'sum(rate(vllm_request_success_total{{pool="{name}"}}[{RATE_WINDOW}]))' if expositions == ("negotiate",) else None
+    cluster.apply(pool_manifest(name, **({"metrics": {"arrivalRateQuery": query}} if query else {})), namespace=namespace)
     cluster.wait_until(lambda: replicas(cluster, namespace, name) == expected, timeout=120, desc=f"{expected} replicas")
     status = get_pool(cluster, namespace, name)["status"]
+    assert status["arrivalRateSource"] == ("spec.metrics.arrivalRateQuery" if query else "vLLM")
     assert status["arrivalRate"] == pytest.approx(rate, rel=0.15)
     assert status["serviceTimeSeconds"] == pytest.approx(service, rel=0.15)
     assert conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]["status"] == "True"

@@ -64,11 +64,15 @@ class FakeKube:
 class FakeReader:
     def __init__(self):
         self.pools: dict | Exception = {}
+        self.values: dict[str, tuple] = {}
 
     def read(self, url=None, matchers=""):
         if isinstance(self.pools, Exception):
             raise self.pools
         return self.pools
+
+    def value(self, url, promql):
+        return self.values[promql]
 
 
 class Pool:
@@ -335,3 +339,22 @@ def test_a_new_deployment_starts_at_the_warm_floor():
     kube.scale("serving", "llama", 5)
     pool.tick(operator, handler="ensure")  # a later apply leaves the count to the scaler
     assert live["spec"]["replicas"] == 5 and kube.applied == ["Deployment", "Service", "Deployment", "Service"]
+
+
+def test_the_pools_arrival_rate_query_wins_over_vllms_counters(world, events):
+    operator, kube, reader = world
+    query = 'sum(rate(gateway_requests_total{route="llama"}[2m]))'
+    spec = {**SPEC, "metrics": {"arrivalRateQuery": query}}
+    reader.pools = metrics(rate=2.0, service=1.5)
+    reader.values[query] = (12.0, None)
+    status = Pool(spec).tick(operator)
+    assert status["arrivalRate"] == 12.0 and status["arrivalRateSource"] == "spec.metrics.arrivalRateQuery"
+    assert status["desiredReplicas"] == erlang_c_replicas(12.0, 1.5)
+    reader.values[query] = (None, "returned no series")  # the gateway's counter is gone: hold, say why
+    pool = Pool(spec)
+    pool.raw["status"] = dict(status)
+    held = pool.tick(operator)
+    c = condition(held, "MetricsAvailable")
+    assert (c["reason"], held["desiredReplicas"]) == ("MetricsMissing", status["desiredReplicas"])
+    assert c["message"].startswith("spec.metrics.arrivalRateQuery returned no series; holding")
+    assert Pool().tick(operator)["arrivalRateSource"] == "vLLM"

@@ -359,3 +359,45 @@ def test_a_pool_with_targets_but_no_vllm_series_is_present_without_samples():
     assert pools.unlabelled_series == 3
     message = observe.missing_series_message(None, pools.unlabelled_series, S, "serving", "nowhere")
     assert 'pool="nowhere"' in message and "3 vLLM series in Prometheus carry no 'pool' label" in message
+
+
+def test_arrivals_count_refusals_and_requests_cancelled_while_running():
+    """Overload: 10/s arrive; 2/s refused (503), 6/s finish, 0.5/s cancelled while running and 0.5/s while
+    queued (counted nowhere), the queue grows by 1/s, running is full and steady. First tokens = 6.5/s."""
+    truth, refused, finished, cancel_running, cancel_waiting, queue_growth = 10.0, 2.0, 6.0, 0.5, 0.5, 1.0
+    assert refused + finished + cancel_running + cancel_waiting + queue_growth == truth
+    first_tokens = finished + cancel_running
+    old = observe.arrival_estimate(finished, queue_growth)  # what was read before: completions + growth
+    with_refusals = observe.arrival_estimate(finished, queue_growth, rejections=refused)
+    both = observe.arrival_estimate(finished, queue_growth, first_tokens, queue_growth, refused)
+    assert (old, with_refusals, both) == (7.0, 9.0, 9.5)
+    assert truth - both == cancel_waiting  # only the requests cancelled before their first token are missed
+    m = observe.pool_metrics(canned(completion_rate=[sample(finished)], in_system_growth=[sample(queue_growth)],
+                                    first_token_rate=[sample(first_tokens)], waiting_growth=[sample(queue_growth)],
+                                    rejection_rate=[sample(refused)]), S)[("serving", "llama")]
+    assert (m.arrival_rate, m.rejection_rate) == (9.5, 2.0)
+
+
+def test_arrival_estimate_is_never_negative_and_unknown_without_completions():
+    assert observe.arrival_estimate(1.0, -5.0, 1.0, -3.0) == 0.0
+    assert observe.arrival_estimate(None, 1.0, 5.0) is None
+
+
+def test_a_pools_own_query_gives_one_value_or_says_why_not():
+    assert observe.scalar_result([{"metric": {}, "value": [0, "4.5"]}]) == (4.5, None)
+    assert observe.scalar_result([]) == (None, "returned no series")
+    assert observe.scalar_result([sample(1), sample(2, pool="b")])[1].startswith("returned 2 series, not one")
+    assert observe.scalar_result([sample("NaN")]) == (None, "returned NaN")
+
+    class Client:
+        calls = 0
+
+        def custom_query(self, query):
+            Client.calls += 1
+            return [{"metric": {}, "value": [0, "7"]}]
+
+    now = [0.0]
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: Client(), clock=lambda: now[0])
+    assert reader.value(None, "vector(7)") == (7.0, None)
+    reader.value(None, "vector(7)")
+    assert Client.calls == 1  # cached within the ttl, like the batched read

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import kopf
 
@@ -166,13 +166,17 @@ class Operator:
         )
         current = int(last_desired) if hand_edited else live_replicas
 
-        prometheus_error = missing = None
+        prometheus_error = missing = arrival_problem = None
         try:
             pools = self.reader.read(config.prometheus_url, config.matchers)
             metrics = observe.find(pools, namespace, name)
             if metrics is None or metrics.newest_sample_time is None:
                 missing = observe.missing_series_message(
                     metrics, getattr(pools, "unlabelled_series", 0), self.config.query, namespace, name)
+            elif config.arrival_query:  # the pool's own arrival signal wins over vLLM's counters
+                rate, problem = self.reader.value(config.prometheus_url, config.arrival_query)
+                metrics = replace(metrics, arrival_rate=rate, arrival_source="query")
+                arrival_problem = problem and f"spec.metrics.arrivalRateQuery {problem}"
         except observe.PrometheusUnavailable as error:
             metrics, prometheus_error = None, str(error)
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
@@ -197,7 +201,8 @@ class Operator:
         generation = body.metadata.get("generation")
         previous_conditions = status.get("conditions")
         conditions_now = pool_status.conditions(
-            config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation, missing
+            config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation, missing,
+            arrival_problem,
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)

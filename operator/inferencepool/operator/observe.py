@@ -10,9 +10,13 @@ whose pods export both (mid-rollout) is summed once. A pool with neither gets a 
 check (`missing_series_message`, from the pool's scrape targets' `up`).
 
 Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
-- arrival rate = completion rate (vllm:request_success_total) + growth of the requests in the system
-  (deriv of vllm:num_requests_waiting + vllm:num_requests_running). Completions alone lag arrivals and are
-  capped by capacity exactly when it matters; conservation of requests closes the gap.
+- arrival rate, by conservation of requests: what left + what was refused + the growth of what is inside.
+  Two lower bounds, the larger wins (see `arrival_estimate`): completions of every finished_reason
+  (vllm:request_success_total) + growth of waiting + running, and first tokens
+  (vllm:time_to_first_token_seconds_count) + growth of waiting; both + 503 refusals
+  (vllm:admission_rejections_total, vLLM 0.33). Requests the client cancels are counted by no vLLM
+  counter (vllm#31503): the first is blind to all of them, the second only to those cancelled while still
+  queued. `spec.metrics.arrivalRateQuery` (a gateway's counter) replaces both when set.
 - service time = mean of vllm:request_inference_time_seconds (the time a slot is busy); its coefficient
   of variation from the histogram buckets. Falls back to e2e latency - queue time on older vLLM.
 - arrival CV from the dispersion of short-window request counts (index of dispersion ~ ca^2), floored at
@@ -110,6 +114,9 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     return {
         "completion_rate": rate("request_success_total"),
         "in_system_growth": f"{over('deriv', 'num_requests_waiting')} + {over('deriv', 'num_requests_running')}",
+        "rejection_rate": rate("admission_rejections_total"),
+        "first_token_rate": rate("time_to_first_token_seconds_count"),
+        "waiting_growth": over("deriv", "num_requests_waiting"),
         "waiting": gauge("num_requests_waiting"),
         "running": gauge("num_requests_running"),
         "newest_sample": f"max by ({by}) {either(lambda p: f'timestamp({p}num_requests_running{sel})')}",
@@ -177,6 +184,8 @@ class PoolMetrics:
     newest_sample_time: float | None
     arrival_rate: float | None = None
     completion_rate: float | None = None
+    rejection_rate: float | None = None  # 503 refusals (vllm:admission_rejections_total), part of arrivals
+    arrival_source: str = "vllm"  # or "query": spec.metrics.arrivalRateQuery
     arrival_cv: float = 1.0
     service_time: float | None = None
     service_samples: float | None = None  # completions behind service_time; decide() distrusts a handful
@@ -214,7 +223,8 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             pools[key] = PoolMetrics(newest_sample_time=None, targets_up=up)
     for key, newest in vec.get("newest_sample", {}).items():
         completions = get("completion_rate", key)
-        arrival = None if completions is None else max(completions + (get("in_system_growth", key) or 0.0), 0.0)
+        arrival = arrival_estimate(completions, get("in_system_growth", key), get("first_token_rate", key),
+                                   get("waiting_growth", key), get("rejection_rate", key))
         service = get("service_mean", key)
         if service is None:
             e2e, queued = get("e2e_mean", key), get("queue_mean", key)
@@ -225,6 +235,7 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             newest_sample_time=newest,
             arrival_rate=arrival,
             completion_rate=completions,
+            rejection_rate=get("rejection_rate", key),
             arrival_cv=arrival_cv(get("burst_rate_var", key), get("burst_rate_mean", key), settings.burst_seconds),
             service_time=service,
             service_samples=get("service_samples", key) if get("service_mean", key) is not None else None,
@@ -237,6 +248,30 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             targets_up=get("targets_up", key),
         )
     return pools
+
+
+def arrival_estimate(
+    completions: float | None,
+    in_system_growth: float | None,
+    first_tokens: float | None = None,
+    waiting_growth: float | None = None,
+    rejections: float | None = None,
+) -> float | None:
+    """Arrivals per second from what vLLM counts; None without a completion rate.
+
+    Every arrival is refused (503), queued, running or gone; gone = finished (counted) or cancelled by
+    the client (not counted). So completions + rejections + d(waiting + running)/dt misses every
+    cancellation, and first tokens + rejections + d(waiting)/dt misses only the requests cancelled
+    before their first token. Both are lower bounds: take the larger, never below 0 (a draining queue
+    makes the growth negative; noise can push the sum under 0).
+    """
+    if completions is None:
+        return None
+    refused = rejections or 0.0
+    estimate = completions + refused + (in_system_growth or 0.0)
+    if first_tokens is not None:
+        estimate = max(estimate, first_tokens + refused + (waiting_growth or 0.0))
+    return max(estimate, 0.0)
 
 
 def missing_series_message(
@@ -258,6 +293,16 @@ def missing_series_message(
     if unlabelled_series:
         message += f"; {unlabelled_series} vLLM series in Prometheus carry no {settings.pool_label!r} label"
     return message
+
+
+def scalar_result(result: list) -> tuple[float | None, str | None]:
+    """The one value of an instant-query result, or None and why not (in words for the pool's status)."""
+    if not result:
+        return None, "returned no series"
+    if len(result) > 1:
+        return None, f"returned {len(result)} series, not one: aggregate it, e.g. sum(...)"
+    value = _finite(result[0]["value"][1])
+    return (value, None) if value is not None and value >= 0 else (None, f"returned {result[0]['value'][1]}")
 
 
 def find(pools: Mapping[PoolKey, PoolMetrics], namespace: str, name: str) -> PoolMetrics | None:
@@ -380,30 +425,49 @@ class PrometheusReader:
         self._clock = clock
         self._on_error = on_error
         self._lock = threading.Lock()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._cache: dict[tuple[str, str], tuple[float, dict | Exception]] = {}
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._cache: dict[tuple, tuple[float, object]] = {}
         self._clients: dict[str, object] = {}
 
-    def read(self, url: str | None = None, matchers: str = "") -> dict[PoolKey, PoolMetrics]:
+    def read(self, url: str | None = None, matchers: str = "") -> Pools:
         """All pools' metrics from that Prometheus; raises PrometheusUnavailable."""
         key = (url or self.default_url, matchers.strip())
+        return self._cached(("pools", *key), lambda: self._fetch(*key))
+
+    def value(self, url: str | None, promql: str) -> tuple[float | None, str | None]:
+        """One pool's own query (spec.metrics.arrivalRateQuery): (value, None) or (None, why there is none)."""
+        url = url or self.default_url
+
+        def fetch():
+            try:
+                return scalar_result(self._client(url).custom_query(promql))
+            except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash
+                if self._on_error:
+                    self._on_error("arrival_rate_query", error)
+                return PrometheusUnavailable(f"Prometheus at {url} failed on spec.metrics.arrivalRateQuery: {error}")
+
+        return self._cached(("value", url, promql), fetch)
+
+    def _cached(self, key: tuple, fetch: Callable[[], object]):
         with self._lock:
             key_lock = self._locks.setdefault(key, threading.Lock())
         with key_lock:
             cached = self._cache.get(key)
             if cached is None or self._clock() - cached[0] >= self.ttl:
-                cached = (self._clock(), self._fetch(*key))
+                cached = (self._clock(), fetch())
                 self._cache[key] = cached
         if isinstance(cached[1], Exception):
             raise cached[1]
         return cached[1]
 
+    def _client(self, url: str):
+        return self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
+
     def _fetch(self, url: str, matchers: str) -> dict[PoolKey, PoolMetrics] | Exception:
         results = {}
         for name, promql in queries(self.settings, matchers).items():
             try:
-                client = self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
-                results[name] = client.custom_query(promql)
+                results[name] = self._client(url).custom_query(promql)
             except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash
                 if self._on_error:
                     self._on_error(name, error)

@@ -90,6 +90,7 @@ def conditions(
     now: float,
     generation: int | None,
     missing_message: str | None = None,
+    arrival_problem: str | None = None,
 ) -> list[dict]:
     """The four conditions; `missing_message` (observe.missing_series_message) is set when the pool has no
     vLLM series at all, which gets its own reason (NoVllmSeries) and says what to check."""
@@ -111,7 +112,8 @@ def conditions(
     elif obs.metrics_age_seconds > config.policy.max_metrics_age_seconds:
         metrics = make("MetricsAvailable", False, "MetricsStale", decision.reason)
     else:
-        metrics = make("MetricsAvailable", False, "MetricsMissing", f"no fresh vLLM samples for this pool; {decision.reason}")
+        what = arrival_problem or "no fresh vLLM samples for this pool"
+        metrics = make("MetricsAvailable", False, "MetricsMissing", f"{what}; {decision.reason}")
 
     if decision.saturated:
         saturated = make("Saturated", True, "DemandExceedsCapacity", decision.reason)
@@ -152,6 +154,9 @@ def decision_status(
         "unschedulableReplicas": obs.unschedulable_replicas,
         "requiredReplicas": decision.required_replicas,
         "arrivalRate": rounded(obs.arrival_rate),
+        "arrivalRateSource": (("spec.metrics.arrivalRateQuery" if metrics.arrival_source == "query" else "vLLM")
+                              if metrics and obs.arrival_rate is not None else None),
+        "rejectionRate": rounded(metrics.rejection_rate) if metrics and decision.metrics_available else None,
         "arrivalCV": rounded(obs.arrival_cv, 3) if decision.metrics_available else None,
         "serviceTimeSeconds": rounded(obs.service_time),
         "serviceCV": rounded(obs.service_cv, 3) if decision.metrics_available else None,
