@@ -358,3 +358,20 @@ def test_the_pools_arrival_rate_query_wins_over_vllms_counters(world, events):
     assert (c["reason"], held["desiredReplicas"]) == ("MetricsMissing", status["desiredReplicas"])
     assert c["message"].startswith("spec.metrics.arrivalRateQuery returned no series; holding")
     assert Pool().tick(operator)["arrivalRateSource"] == "vLLM"
+
+
+def test_measurement_limits_are_a_condition_with_what_was_done_instead(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    assert condition(Pool().tick(operator), "MeasurementLimited")["status"] == "False"
+
+    short = {**SPEC, "slo": {"targetSeconds": 0.1, "percentile": 0.99}}
+    reader.pools = observe.Pools(metrics(rate=12.0, service=1.5, queue_buckets=((0.3, 5.0), (math.inf, 5.0))))
+    reader.pools.window_note, reader.pools.scrape_interval, reader.pools.rate_window = "windows raised", 15.0, "2m"
+    status = Pool(short).tick(operator)
+    c = condition(status, "MeasurementLimited")
+    assert (c["status"], c["reason"]) == ("True", "BelowHistogramResolution")
+    assert "slo.targetSeconds 0.1s is below vLLM's smallest queue-time bucket (0.3s)" in c["message"]
+    assert c["message"].endswith("; windows raised")
+    assert (status["scrapeIntervalSeconds"], status["rateWindow"]) == (15.0, "2m")
+    assert ("Warning", "BelowHistogramResolution") in [e[:2] for e in events]

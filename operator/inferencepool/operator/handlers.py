@@ -166,9 +166,11 @@ class Operator:
         )
         current = int(last_desired) if hand_edited else live_replicas
 
-        prometheus_error = missing = arrival_problem = None
+        prometheus_error = missing = arrival_problem = window_note = None
+        pools = None
         try:
             pools = self.reader.read(config.prometheus_url, config.matchers)
+            window_note = getattr(pools, "window_note", None)
             metrics = observe.find(pools, namespace, name)
             if metrics is None or metrics.newest_sample_time is None:
                 missing = observe.missing_series_message(
@@ -202,12 +204,13 @@ class Operator:
         previous_conditions = status.get("conditions")
         conditions_now = pool_status.conditions(
             config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation, missing,
-            arrival_problem,
+            arrival_problem, metrics, window_note,
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)
         patch.status.update(
-            pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation)
+            pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation,
+                                        getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None))
         )
         self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
         self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
@@ -222,7 +225,8 @@ class Operator:
     @staticmethod
     def _condition_event(body, c: Mapping, first: bool) -> None:
         """Warn when something goes wrong, note when it recovers; stay quiet about a healthy start."""
-        bad = {"Ready": "False", "MetricsAvailable": "False", "Saturated": "True", "ScalingLimited": "True"}
+        bad = {"Ready": "False", "MetricsAvailable": "False", "Saturated": "True", "ScalingLimited": "True",
+               "MeasurementLimited": "True"}
         if first and c["reason"] == "NoReadyReplicas":
             return  # a new pool is loading its model: nothing is wrong yet
         if c["status"] == bad[c["type"]]:

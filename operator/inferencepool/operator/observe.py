@@ -48,10 +48,46 @@ class QuerySettings:
     burst_window: str = "15s"  # the short windows whose count dispersion estimates the arrival CV
     pool_label: str = "pool"  # the series label that names the pool
     namespace_label: str = "namespace"
+    scrape_interval: float | None = None  # seconds; None: measured from the pools' sample spacing
 
     @property
     def burst_seconds(self) -> float:
         return parse_duration(self.burst_window)
+
+
+MIN_SCRAPES = 4  # samples a rate window must hold (Prometheus' own advice: >= 4 scrape intervals)
+SPACING_WINDOW = "5m"
+
+
+def spacing_query(settings: QuerySettings, matchers: str = "") -> str:
+    """The shortest sample spacing of any pool series that is older than the window, in seconds.
+
+    Only series that already had a sample a whole window ago count (`and ... offset`), so a young
+    series' few samples do not read as a slow scrape; the shortest spacing is the cluster's interval.
+    """
+    sel = _selector(settings, matchers)
+    w = SPACING_WINDOW
+    counts = either(lambda p: f"count_over_time({p}num_requests_running{sel}[{w}]) and {p}num_requests_running{sel} offset {w}")
+    return f"min({parse_duration(w):g} / {counts})"
+
+
+def windows_for(settings: QuerySettings, spacing: float | None) -> tuple[QuerySettings, float | None, str | None]:
+    """(settings whose windows hold >= MIN_SCRAPES scrapes, the scrape interval used, a note if raised).
+
+    rate() over a window holding one sample returns nothing: with the common 15 s scrape a 15 s burst
+    window was always empty. The interval is --scrape-interval when set, else the measured spacing.
+    """
+    interval = settings.scrape_interval or spacing
+    if not interval:
+        return settings, None, None
+    floor = MIN_SCRAPES * interval
+    raised = {f: f"{math.ceil(floor)}s" for f in ("rate_window", "burst_window") if parse_duration(getattr(settings, f)) < floor}
+    if not raised:
+        return settings, interval, None
+    flags = ", ".join(f"--{f.replace('_', '-')} {getattr(settings, f)} -> {v}" for f, v in raised.items())
+    note = (f"the configured windows hold fewer than {MIN_SCRAPES} scrapes at a {interval:g}s scrape interval, "
+            f"so they were raised ({flags}); set them to at least {math.ceil(floor)}s")
+    return replace(settings, **raised), interval, note
 
 
 def parse_duration(text: str) -> float:
@@ -89,12 +125,17 @@ def either(expression: Callable[[str], str]) -> str:
     return "(" + " or ".join(expression(prefix) for prefix in SPELLINGS) + ")"
 
 
+def _selector(settings: QuerySettings, matchers: str) -> str:
+    extra = matchers.strip().strip(",")
+    return "{" + ", ".join(m for m in (f'{settings.pool_label}!=""', extra) if m) + "}"
+
+
 def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     """The PromQL for every signal, for all pools at once (pool-specific matchers go in `matchers`)."""
     s = settings
     by = f"{s.namespace_label}, {s.pool_label}"
     extra = matchers.strip().strip(",")
-    sel = "{" + ", ".join(m for m in (f'{s.pool_label}!=""', extra) if m) + "}"
+    sel = _selector(s, matchers)
     w = s.rate_window
 
     def over(function: str, metric: str, window: str = w, extra_by: str = "") -> str:
@@ -130,6 +171,9 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "ttft_buckets": rate("time_to_first_token_seconds_bucket", ", le"),
         "burst_rate_var": f"stdvar_over_time({burst_rate})",
         "burst_rate_mean": f"avg_over_time({burst_rate})",
+        # frozen gauges: waiting/running unchanged while nothing finishes and no token is generated
+        "gauge_changes": f"{over('changes', 'num_requests_running')} + {over('changes', 'num_requests_waiting')}",
+        "token_growth": over("increase", "generation_tokens_total"),
         # what to say when a pool has no vLLM series: are its targets scraped at all?
         "targets_up": f"max by ({by}) (up{sel})",
         "unlabelled_series": f"count({unlabelled})",
@@ -196,12 +240,19 @@ class PoolMetrics:
     queue_buckets: tuple[tuple[float, float], ...] = ()
     ttft_buckets: tuple[tuple[float, float], ...] = ()
     targets_up: float | None = None  # max of `up` over the pool's scrape targets; None: no target
+    gauges_frozen: bool = False  # waiting/running read as stale: unchanged, nothing finished, no token
+    service_cv_resolved: bool = True  # False: the histogram is too coarse for the service time; CV 1 assumed
+    smallest_service_bucket: float | None = None  # seconds: vLLM's smallest latency bucket, 0.3 by default
 
 
 class Pools(dict):
     """{pool: PoolMetrics}, and how many vLLM series carry no pool label (to say why a pool has none)."""
 
     unlabelled_series: int = 0
+    scrape_interval: float | None = None  # seconds, measured or --scrape-interval
+    rate_window: str | None = None  # the windows used (raised to >= MIN_SCRAPES scrapes if needed)
+    burst_window: str | None = None
+    window_note: str | None = None  # set when the configured windows were too short
 
 
 def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
@@ -223,14 +274,21 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             pools[key] = PoolMetrics(newest_sample_time=None, targets_up=up)
     for key, newest in vec.get("newest_sample", {}).items():
         completions = get("completion_rate", key)
-        arrival = arrival_estimate(completions, get("in_system_growth", key), get("first_token_rate", key),
-                                   get("waiting_growth", key), get("rejection_rate", key))
+        waiting, running = get("waiting", key), get("running", key)
+        frozen = gauges_frozen(waiting, running, get("gauge_changes", key), completions, get("token_growth", key))
+        if frozen:  # stale gauges are not load: neither their level nor their (zero) growth
+            waiting = running = None
+        arrival = arrival_estimate(completions, None if frozen else get("in_system_growth", key),
+                                   get("first_token_rate", key), None if frozen else get("waiting_growth", key),
+                                   get("rejection_rate", key))
         service = get("service_mean", key)
         if service is None:
             e2e, queued = get("e2e_mean", key), get("queue_mean", key)
             if e2e is not None and queued is not None and e2e > queued:
                 service = e2e - queued
-        service_cv = histogram_cv(hist.get("service_buckets", {}).get(key, []), service)
+        service_buckets = hist.get("service_buckets", {}).get(key, [])
+        resolved = resolves(service_buckets, service)
+        service_cv = histogram_cv(service_buckets, service) if resolved else None
         pools[key] = PoolMetrics(
             newest_sample_time=newest,
             arrival_rate=arrival,
@@ -241,13 +299,57 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             service_samples=get("service_samples", key) if get("service_mean", key) is not None else None,
             service_cv=1.0 if service_cv is None else min(service_cv, 10.0),
             prefill_time=get("prefill_mean", key),
-            waiting=get("waiting", key),
-            running=get("running", key),
+            waiting=waiting,
+            running=running,
+            gauges_frozen=frozen,
+            service_cv_resolved=resolved,
+            smallest_service_bucket=service_buckets[0][0] if service_buckets and math.isfinite(service_buckets[0][0]) else None,
             queue_buckets=tuple(hist.get("queue_buckets", {}).get(key, [])),
             ttft_buckets=tuple(hist.get("ttft_buckets", {}).get(key, [])),
             targets_up=get("targets_up", key),
         )
     return pools
+
+
+def resolves(buckets: list[tuple[float, float]], mean: float | None) -> bool:
+    """Whether a histogram can tell the spread of values with this mean: not when the mean is below the
+    smallest bucket or that bucket holds most of the samples. vLLM's latency buckets start at 0.3 s
+    (vllm/v1/metrics/loggers.py, request_latency_buckets): for exponential times (CV 1) the midpoint
+    estimate reads 0.26 at a 0.05 s mean and 0.66 at 0.1 s, so such a CV is not evidence of anything."""
+    if not buckets or mean is None or buckets[-1][1] <= 0:
+        return True  # nothing to judge: histogram_cv says unknown by itself
+    first_bound, first_count = buckets[0]
+    return mean >= first_bound and first_count <= buckets[-1][1] / 2
+
+
+def resolution_note(metrics: PoolMetrics | None, slo_metric: str, slo_target: float) -> str | None:
+    """What vLLM's histograms cannot resolve for this pool, in words for its status; None: all fine."""
+    if metrics is None or metrics.newest_sample_time is None:
+        return None
+    notes = []
+    slo_buckets = metrics.queue_buckets if slo_metric == "wait" else metrics.ttft_buckets
+    smallest = slo_buckets[0][0] if slo_buckets and math.isfinite(slo_buckets[0][0]) else None
+    if smallest is not None and slo_target < smallest:
+        which = "queue-time" if slo_metric == "wait" else "time-to-first-token"
+        notes.append(f"slo.targetSeconds {slo_target:g}s is below vLLM's smallest {which} bucket ({smallest:g}s): "
+                     "the observed percentile cannot resolve it (the predicted one is computed, not read)")
+    if not metrics.service_cv_resolved:
+        notes.append(f"the mean service time {metrics.service_time:.3g}s is too short for vLLM's latency buckets "
+                     f"(smallest {metrics.smallest_service_bucket:g}s): its CV cannot be read, 1.0 is assumed")
+    if not notes:
+        return None
+    return "; ".join(notes) + (". vLLM 0.33 can set finer buckets with --custom-histogram-buckets "
+                               "(engine.extraArgs); older versions cannot")
+
+
+def gauges_frozen(
+    waiting: float | None, running: float | None, changes: float | None, completions: float | None, tokens: float | None
+) -> bool:
+    """Waiting/running hold requests but have not moved over the window while nothing finished and no
+    token was generated: vLLM sets them at engine steps, and after every request is aborted they keep
+    their last values until the next step (vLLM issues #22545, #29928) while the scrapes stay fresh."""
+    inside = (waiting or 0.0) + (running or 0.0)
+    return inside > 0 and changes == 0 and completions == 0 and not tokens
 
 
 def arrival_estimate(
@@ -463,13 +565,23 @@ class PrometheusReader:
     def _client(self, url: str):
         return self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
 
-    def _fetch(self, url: str, matchers: str) -> dict[PoolKey, PoolMetrics] | Exception:
-        results = {}
-        for name, promql in queries(self.settings, matchers).items():
+    def _fetch(self, url: str, matchers: str) -> Pools | Exception:
+        def ask(name: str, promql: str):
             try:
-                results[name] = self._client(url).custom_query(promql)
+                return self._client(url).custom_query(promql)
             except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash
                 if self._on_error:
                     self._on_error(name, error)
-                return PrometheusUnavailable(f"Prometheus at {url} failed on {name}: {error}")
-        return pool_metrics(results, self.settings)
+                raise PrometheusUnavailable(f"Prometheus at {url} failed on {name}: {error}") from error
+
+        try:
+            spacing = min(parse_vector(ask("scrape_spacing", spacing_query(self.settings, matchers)), self.settings).values(),
+                          default=None)
+            settings, interval, note = windows_for(self.settings, spacing)
+            results = {name: ask(name, promql) for name, promql in queries(settings, matchers).items()}
+        except PrometheusUnavailable as error:
+            return error
+        pools = pool_metrics(results, settings)
+        pools.scrape_interval, pools.window_note = interval, note
+        pools.rate_window, pools.burst_window = settings.rate_window, settings.burst_window
+        return pools
