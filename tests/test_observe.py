@@ -58,8 +58,8 @@ def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
 def test_pool_matchers_and_label_names_are_configurable():
     qs = observe.queries(QuerySettings(rate_window="30s", pool_label="ipool", namespace_label="ns"), 'cluster="eu",')
     assert qs["waiting"] == (
-        'sum by (ns, ipool) (vllm:num_requests_waiting{ipool!="", cluster="eu"} + 0'
-        ' or vllm_num_requests_waiting{ipool!="", cluster="eu"} + 0)'
+        'sum by (ns, ipool) (vllm:num_requests_waiting{ipool!="", cluster="eu"}'
+        ' or vllm_num_requests_waiting{ipool!="", cluster="eu"})'
     )
     assert qs["unlabelled_series"] == 'count({__name__=~"vllm[:_]num_requests_running", ipool="", cluster="eu"})'
 

@@ -117,10 +117,11 @@ def either(expression: Callable[[str], str]) -> str:
     see vllm/entrypoints/openai/api_server.py); from prometheus_client 0.23 a Prometheus 2.x scrape gets
     OpenMetrics with escaping=underscores, so its samples are stored as vllm_*, while Prometheus 3 (and
     older clients) store vllm:*. Which one a pool has depends on the image, and a rollout can mix them.
-    `or` keeps every series of either name (pods differ in their pod/instance labels, so both are
-    summed), and where one target has both (a Prometheus upgrade mid-window) a rate over each, which
-    drops the name, keeps the first only: no double count and no "same labelset" error, unlike a
-    `{__name__=~"vllm:x|vllm_x"}` selector inside rate().
+    `or` matches on every label but the metric name: it keeps every series of either name whose
+    labels differ (pods differ in their pod/instance labels, so both are summed), and of one target seen
+    under both names (a Prometheus upgrade) the first only: no double count, and no "vector cannot
+    contain metrics with the same labelset" error, which Prometheus 2.x gives for a
+    `{__name__=~"vllm:x|vllm_x"}` selector inside rate() (tested in e2e/test_vllm_output.py).
     """
     return "(" + " or ".join(expression(prefix) for prefix in SPELLINGS) + ")"
 
@@ -147,8 +148,8 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     def mean(histogram: str) -> str:
         return f"{rate(histogram + '_sum')} / {rate(histogram + '_count')}"
 
-    def gauge(metric: str) -> str:  # "+ 0" drops the name, so that `or` keeps one of a target's two spellings
-        return f"sum by ({by}) {either(lambda p: f'{p}{metric}{sel} + 0')}"
+    def gauge(metric: str) -> str:
+        return f"sum by ({by}) {either(lambda p: f'{p}{metric}{sel}')}"
 
     burst_rate = f"{over('rate', 'request_success_total', s.burst_window)}[{w}:{s.burst_window}]"
     unlabelled = "{" + ", ".join(m for m in ('__name__=~"vllm[:_]num_requests_running"', f'{s.pool_label}=""', extra) if m) + "}"
