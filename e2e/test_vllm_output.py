@@ -146,6 +146,11 @@ def test_the_reader_on_vllms_own_output_escaped_unescaped_and_both(prometheus, e
     error = query_error(prom.url, 'sum by (pool) (rate({__name__=~"vllm:request_success_total|vllm_request_success_total", pool="upgrade"}[30s]))')
     assert "vector cannot contain metrics with the same labelset" in error
 
+    # the scrape spacing as the reader measures it (over 20 s here, 5 min in the operator): the bed scrapes every 1 s
+    spacing = prom.query(observe.spacing_query(SETTINGS, window="20s"))
+    assert len(spacing) == 1 and float(spacing[0]["value"][1]) == pytest.approx(1.0, abs=0.15)
+    assert prom.query(observe.spacing_query(SETTINGS, window="5m")) == []  # no series is 5 min old yet: unknown
+
     # scraped but without vLLM series: present, no samples, and the message says what to check
     silent = pools[(NAMESPACE, "silent")]
     assert (silent.newest_sample_time, silent.targets_up) == (None, 1.0)

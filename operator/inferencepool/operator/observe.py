@@ -59,14 +59,14 @@ MIN_SCRAPES = 4  # samples a rate window must hold (Prometheus' own advice: >= 4
 SPACING_WINDOW = "5m"
 
 
-def spacing_query(settings: QuerySettings, matchers: str = "") -> str:
+def spacing_query(settings: QuerySettings, matchers: str = "", window: str = SPACING_WINDOW) -> str:
     """The shortest sample spacing of any pool series that is older than the window, in seconds.
 
     Only series that already had a sample a whole window ago count (`and ... offset`), so a young
     series' few samples do not read as a slow scrape; the shortest spacing is the cluster's interval.
     """
     sel = _selector(settings, matchers)
-    w = SPACING_WINDOW
+    w = window
     counts = either(lambda p: f"count_over_time({p}num_requests_running{sel}[{w}]) and {p}num_requests_running{sel} offset {w}")
     return f"min({parse_duration(w):g} / {counts})"
 
