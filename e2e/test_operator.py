@@ -108,9 +108,10 @@ class OperatorProcess:
 def exporters():
     started = []
 
-    def start(arrival_rate: float, service_time: float, exposition: str = "negotiate") -> VllmExporter:
+    def start(arrival_rate: float, service_time: float, exposition: str = "negotiate",
+              rejection_rate: float = 0.0) -> VllmExporter:
         exporter = VllmExporter(exposition=exposition)
-        exporter.set_load(arrival_rate, service_time)
+        exporter.set_load(arrival_rate, service_time, rejection_rate=rejection_rate)
         started.append(exporter.start())
         return exporter
 
@@ -392,10 +393,12 @@ def test_one_batched_read_serves_many_pools(cluster, namespace, operator, promet
 def test_operator_reads_pools_whose_names_are_escaped_unescaped_or_both(cluster, namespace, operator, prometheus,
                                                                        exporters, expositions):
     """vLLM's own negotiation gives Prometheus 2.x vllm_*; older images give vllm:*; a rollout has both.
-    Each pod carries its share of the load: the pool's sum is the load once, not twice."""
+    Each pod carries its share of the load: the pool's sum is the load once, not twice. The unescaped
+    pool refuses 1 of its 4 requests/s with a 503: they are demand too."""
     name, rate, service, slots, target, percentile = "qwen", 4.0, 1.5, 4, 1.0, 0.99
     expected = robust_answer(rate, service, slots, target, percentile)
-    pods = [exporters(rate / len(expositions), service, e) for e in expositions]
+    refused = 1.0 if expositions == ("unescaped",) else 0.0
+    pods = [exporters((rate - refused) / len(expositions), service, e, refused) for e in expositions]
     prom = prometheus(scrape_configs=[scrape_config(name, namespace, *pods)])
     wait_for_full_window(prom, name)
     spelled = {p for p in ("vllm:", "vllm_") if prom.query(f'{p}num_requests_running{{pool="{name}"}}')}
@@ -408,5 +411,6 @@ def test_operator_reads_pools_whose_names_are_escaped_unescaped_or_both(cluster,
     status = get_pool(cluster, namespace, name)["status"]
     assert status["arrivalRateSource"] == ("spec.metrics.arrivalRateQuery" if query else "vLLM")
     assert status["arrivalRate"] == pytest.approx(rate, rel=0.15)
+    assert status["rejectionRate"] == pytest.approx(refused, abs=0.15)
     assert status["serviceTimeSeconds"] == pytest.approx(service, rel=0.15)
     assert conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]["status"] == "True"

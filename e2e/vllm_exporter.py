@@ -129,6 +129,8 @@ class VllmExporter:
         self.prefill_time = 0.05
         self.waiting = 0.0
         self._credit = 0.0
+        self.rejection_rate = 0.0
+        self._rejected_credit = 0.0
         self._k = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -142,9 +144,11 @@ class VllmExporter:
         return f"{self.host}:{self.port}"
 
     def set_load(self, arrival_rate: float, service_time: float, queue_wait: float = 0.0,
-                 prefill_time: float = 0.05, waiting: float = 0.0) -> None:
-        """The load to export from now on."""
+                 prefill_time: float = 0.05, waiting: float = 0.0, rejection_rate: float = 0.0) -> None:
+        """The load to export from now on: `arrival_rate` requests/s admitted and finished, and
+        `rejection_rate` more refused with a 503 (vllm:admission_rejections_total)."""
         with self._lock:
+            self.rejection_rate = rejection_rate
             self.arrival_rate, self.service_time = arrival_rate, service_time
             self.queue_wait, self.prefill_time, self.waiting = queue_wait, prefill_time, waiting
             self.series.running.set(arrival_rate * service_time)
@@ -162,6 +166,10 @@ class VllmExporter:
             now = time.monotonic()
             with self._lock:
                 self._credit += self.arrival_rate * (now - last)
+                self._rejected_credit += self.rejection_rate * (now - last)
+                while self._rejected_credit >= 1.0:
+                    self._rejected_credit -= 1.0
+                    self.series.rejections.inc()
                 while self._credit >= 1.0:
                     self._credit -= 1.0
                     self._finish_one()
