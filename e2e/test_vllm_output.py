@@ -11,7 +11,8 @@ sum/count and bucket ratios are the files' own. Expected figures are derived fro
 Pools: `text` (one pod, vllm:*), `escaped` (one pod, vllm_*), `both` (one pod of each: a rollout across
 the prometheus_client boundary, read as two pods, not four), `upgrade` (one pod seen under both names with
 the same labels, as across a Prometheus 2 -> 3 upgrade: read once, no "same labelset" error), `silent`
-(scraped, up=1, no vLLM series: the NoVllmSeries message says to check port and path).
+(scraped, up=1, no vLLM series: the NoVllmSeries message says to check port and path), `frozen` (the
+text file served unchanged: 7 requests running, nothing finishing, no token: read as frozen gauges).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ CONTENT_TYPES = {  # what prometheus_client 0.26's choose_encoder answers for ea
     "text": "text/plain; version=0.0.4; charset=utf-8",
     "escaped": "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores",
     "silent": "text/plain; version=0.0.4; charset=utf-8",
+    "frozen": "text/plain; version=0.0.4; charset=utf-8",
 }
 COUNTER = re.compile(r"^(\S+?(?:_total|_sum|_count|_bucket)(?:\{[^}]*\})?) (\S+)$")
 SETTINGS = observe.QuerySettings(rate_window="30s", burst_window="6s")
@@ -56,12 +58,14 @@ def grown(text: str, factor: float) -> str:
 def exposition_server():
     texts = {name: path.read_text() for name, path in FILES.items()}
     texts["silent"] = "# HELP other_up An unrelated exporter.\n# TYPE other_up gauge\nother_up 1.0\n"
+    texts["frozen"] = texts["text"]  # served as it is: an engine that stopped stepping with 7 requests inside
     start = time.monotonic()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
             name = self.path.strip("/")
-            body = grown(texts[name], 1 + (time.monotonic() - start) / UPTIME).encode()
+            factor = 1.0 if name == "frozen" else 1 + (time.monotonic() - start) / UPTIME
+            body = grown(texts[name], factor).encode()
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPES[name])
             self.send_header("Content-Length", str(len(body)))
@@ -109,13 +113,14 @@ def test_the_reader_on_vllms_own_output_escaped_unescaped_and_both(prometheus, e
         job("upgrade-text", t, "text", "upgrade", "upgrade-0", **same),
         job("upgrade-escaped", t, "escaped", "upgrade", "upgrade-0", **same),
         job("silent", t, "silent", "silent", "silent-0"),
+        job("frozen", t, "frozen", "frozen", "frozen-0"),
     ])
     # until a series is older than the rate window, rate() extrapolates over part of it and reads low
     for name in ("vllm:num_requests_running", "vllm_num_requests_running"):
         prom.wait_for(f'count_over_time({name}{{pool="both"}}[1m]) >= 36', timeout=120)
     # Prometheus 2.42 stores the OpenMetrics samples under the escaped names, as the file's README says
     assert {r["metric"]["pool"] for r in prom.query('vllm_num_requests_running')} == {"escaped", "both", "upgrade"}
-    assert {r["metric"]["pool"] for r in prom.query('vllm:num_requests_running')} == {"text", "both", "upgrade"}
+    assert {r["metric"]["pool"] for r in prom.query('vllm:num_requests_running')} == {"text", "both", "upgrade", "frozen"}
 
     pools = observe.PrometheusReader(prom.url, SETTINGS, ttl=0).read()
     samples = vllm_samples(FILES["text"])
@@ -145,6 +150,11 @@ def test_the_reader_on_vllms_own_output_escaped_unescaped_and_both(prometheus, e
     # the same pod under both names, read through a __name__ regex instead of `or`, is an error in Prometheus 2.x
     error = query_error(prom.url, 'sum by (pool) (rate({__name__=~"vllm:request_success_total|vllm_request_success_total", pool="upgrade"}[30s]))')
     assert "vector cannot contain metrics with the same labelset" in error
+
+    # the snapshot served unchanged: 7 running, nothing finishing, no token: stale gauges, not load
+    frozen = pools[(NAMESPACE, "frozen")]
+    assert frozen.gauges_frozen and (frozen.running, frozen.waiting, frozen.arrival_rate) == (None, None, 0.0)
+    assert not any(pools[(NAMESPACE, p)].gauges_frozen for p in ("text", "escaped", "both", "upgrade"))
 
     # the scrape spacing as the reader measures it (over 20 s here, 5 min in the operator): the bed scrapes every 1 s
     spacing = prom.query(observe.spacing_query(SETTINGS, window="20s"))

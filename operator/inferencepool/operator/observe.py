@@ -113,8 +113,8 @@ def parse_duration(text: str) -> float:
 def either(expression: Callable[[str], str]) -> str:
     """`expression` for both spellings of vLLM's names, joined by `or`.
 
-    vLLM serves /metrics with prometheus_client's content negotiation (prometheus_client.make_asgi_app,
-    see vllm/entrypoints/openai/api_server.py); from prometheus_client 0.23 a Prometheus 2.x scrape gets
+    vLLM serves /metrics with prometheus_client's content negotiation (`mount_metrics` in
+    vllm/entrypoints/openai/api_server.py mounts prometheus_client.make_asgi_app); from prometheus_client 0.23 a Prometheus 2.x scrape gets
     OpenMetrics with escaping=underscores, so its samples are stored as vllm_*, while Prometheus 3 (and
     older clients) store vllm:*. Which one a pool has depends on the image, and a rollout can mix them.
     `or` matches on every label but the metric name: it keeps every series of either name whose
