@@ -7,8 +7,8 @@ the pool's *Ready* pods as the operator scales them on the test bed.
 - Load: Poisson arrivals (seeded) at a programmed rate profile `rate(t)` (t = seconds since start), each
   with an exponential service time; FIFO queue; a request starts when a slot is free.
 - Metrics: vLLM's series (vllm:request_success_total, num_requests_running/waiting, the inference / queue /
-  prefill / e2e / time-to-first-token histograms) with `pool` and `namespace` labels, in the classic text
-  format on 127.0.0.1 (Prometheus 2.x would get OpenMetrics names escaped to vllm_ otherwise).
+  prefill / e2e / time-to-first-token histograms) with `pool` and `namespace` labels on 127.0.0.1, in the
+  format vLLM's prometheus_client negotiates (a Prometheus 2.x scrape stores them escaped, vllm_*).
 - Records: every request's (arrival time, queue wait); `timeline` of (t, rate, ready, running, waiting).
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from inferencepool.operator import workload
-from vllm_exporter import VllmSeries, serve_text_format
+from vllm_exporter import VllmSeries, serve
 
 
 def piecewise(*segments: tuple[float, float, float]) -> Callable[[float], float]:
@@ -140,7 +140,7 @@ class Fleet:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> Fleet:
-        self._server = serve_text_format(self.registry, "127.0.0.1", 0)
+        self._server = serve(self.registry, "127.0.0.1", 0)
         self.port = self._server.server_port
         self.ready = self.count_ready()
         self.t0 = time.monotonic()

@@ -69,7 +69,8 @@ def test_helm_lint_is_clean(helm, variant):
     (["watch.allNamespaces=false", "watch.namespaces={Bad_NS}"], "namespaces"),
     (["intervalSeconds=0"], "intervalSeconds"),
     (["rateWindow=two minutes"], "rateWindow"),
-    (["metricPrefix=vllm."], "metricPrefix"),
+    (["metricPrefix=vllm_"], "metricPrefix"),  # gone: both spellings are read without configuration
+    (["scrapeIntervalSeconds=0"], "scrapeIntervalSeconds"),
     (["metrics.port=70000"], "port"),
     (["replicas=2"], "replicas"),  # a typo of replicaCount: unknown keys are refused
 ])
@@ -83,7 +84,8 @@ def test_schema_rejects_bad_values(helm, sets, field):
 def test_rendered_args_are_the_operators_real_flags(helm):
     args, container, deployment = operator_args(render(helm))
     assert args.all_namespaces and not args.namespace and args.peering is None
-    assert args.interval == 15 and args.rate_window == "2m" and args.metric_prefix == "vllm:"
+    assert args.interval == 15 and args.rate_window == "2m" and args.scrape_interval is None  # measured
+    assert operator_args(render(helm, "--set", "scrapeIntervalSeconds=30"))[0].scrape_interval == 30.0
     assert args.prometheus_url == "http://prometheus-operated.monitoring.svc:9090"
     assert container["ports"][0]["containerPort"] == args.metrics_port == 9808
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}

@@ -108,9 +108,10 @@ class OperatorProcess:
 def exporters():
     started = []
 
-    def start(arrival_rate: float, service_time: float) -> VllmExporter:
-        exporter = VllmExporter()
-        exporter.set_load(arrival_rate, service_time)
+    def start(arrival_rate: float, service_time: float, exposition: str = "negotiate",
+              rejection_rate: float = 0.0) -> VllmExporter:
+        exporter = VllmExporter(exposition=exposition)
+        exporter.set_load(arrival_rate, service_time, rejection_rate=rejection_rate)
         started.append(exporter.start())
         return exporter
 
@@ -142,12 +143,15 @@ def operator(cluster, crd, namespace, tmp_path):
 def wait_for_full_window(prom, pool: str) -> None:
     """Until Prometheus holds a whole rate window of the pool's samples, rates read low (a series'
     first sample has no predecessor to count from); start deciding on full windows only."""
-    prom.wait_for(f'count_over_time(vllm:num_requests_running{{pool="{pool}"}}[{RATE_WINDOW}]) >= 25', timeout=90)
+    prom.wait_for(" or ".join(f'count_over_time({p}num_requests_running{{pool="{pool}"}}[{RATE_WINDOW}]) >= 25'
+                              for p in ("vllm:", "vllm_")), timeout=90)
 
 
-def scrape_config(pool: str, namespace: str, exporter: VllmExporter) -> dict:
+def scrape_config(pool: str, namespace: str, *exporters: VllmExporter) -> dict:
+    """One job per pool; each exporter is one of its pods."""
     return {"job_name": f"vllm-{pool}", "static_configs": [{
-        "targets": [exporter.target], "labels": {"pool": pool, "namespace": namespace, "pod": f"{pool}-0"}}]}
+        "targets": [e.target], "labels": {"pool": pool, "namespace": namespace, "pod": f"{pool}-{i}"}}
+        for i, e in enumerate(exporters)]}
 
 
 # ---------------------------------------------------------------- helpers
@@ -324,7 +328,9 @@ def test_operator_sizes_the_pool_by_erlang_c(cluster, namespace, operator, prome
     cluster.wait_until(lambda: conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]["status"] == "False",
                        timeout=60, desc="MetricsAvailable=False")
     held = conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]
-    assert held["reason"] in ("MetricsMissing", "MetricsStale") and "never scaling down" in held["message"]
+    assert held["reason"] in ("NoVllmSeries", "MetricsMissing", "MetricsStale") and "never scaling down" in held["message"]
+    if held["reason"] == "NoVllmSeries":  # the exporter is gone: its target is down
+        assert "fail to scrape (up=0)" in held["message"]
     time.sleep(3 * INTERVAL)
     assert replicas(cluster, namespace, name) == expected
     assert get_pool(cluster, namespace, name)["status"]["desiredReplicas"] == expected
@@ -380,3 +386,31 @@ def test_one_batched_read_serves_many_pools(cluster, namespace, operator, promet
         status = get_pool(cluster, namespace, name)["status"]
         assert status["arrivalRate"] == pytest.approx(rate, rel=0.2)
         assert status["serviceTimeSeconds"] == pytest.approx(service, rel=0.2)
+
+
+@pytest.mark.parametrize("expositions", [("negotiate",), ("unescaped",), ("negotiate", "unescaped")],
+                         ids=["escaped", "unescaped", "both"])
+def test_operator_reads_pools_whose_names_are_escaped_unescaped_or_both(cluster, namespace, operator, prometheus,
+                                                                       exporters, expositions):
+    """vLLM's own negotiation gives Prometheus 2.x vllm_*; older images give vllm:*; a rollout has both.
+    Each pod carries its share of the load: the pool's sum is the load once, not twice. The unescaped
+    pool refuses 1 of its 4 requests/s with a 503: they are demand too."""
+    name, rate, service, slots, target, percentile = "qwen", 4.0, 1.5, 4, 1.0, 0.99
+    expected = robust_answer(rate, service, slots, target, percentile)
+    refused = 1.0 if expositions == ("unescaped",) else 0.0
+    pods = [exporters((rate - refused) / len(expositions), service, e, refused) for e in expositions]
+    prom = prometheus(scrape_configs=[scrape_config(name, namespace, *pods)])
+    wait_for_full_window(prom, name)
+    spelled = {p for p in ("vllm:", "vllm_") if prom.query(f'{p}num_requests_running{{pool="{name}"}}')}
+    assert spelled == {{"negotiate": "vllm_", "unescaped": "vllm:"}[e] for e in expositions}
+    operator(prom.url)
+    # the escaped pool reads its arrivals from its own query instead (as from a gateway's counter)
+    query = f'sum(rate(vllm_request_success_total{{pool="{name}"}}[{RATE_WINDOW}]))' if expositions == ("negotiate",) else None
+    cluster.apply(pool_manifest(name, **({"metrics": {"arrivalRateQuery": query}} if query else {})), namespace=namespace)
+    cluster.wait_until(lambda: replicas(cluster, namespace, name) == expected, timeout=120, desc=f"{expected} replicas")
+    status = get_pool(cluster, namespace, name)["status"]
+    assert status["arrivalRateSource"] == ("spec.metrics.arrivalRateQuery" if query else "vLLM")
+    assert status["arrivalRate"] == pytest.approx(rate, rel=0.15)
+    assert status["rejectionRate"] == pytest.approx(refused, abs=0.15)
+    assert status["serviceTimeSeconds"] == pytest.approx(service, rel=0.15)
+    assert conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]["status"] == "True"

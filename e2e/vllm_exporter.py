@@ -20,7 +20,8 @@ import time
 
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import start_wsgi_server
 
 LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # vLLM's request_latency_buckets
@@ -29,8 +30,17 @@ TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")  # vLLM 0.33 pre-creates every child
+REJECTION_REASONS = ("max_num_queued_reqs", "max_num_queued_tokens")
+
+
 class VllmSeries:
-    """vLLM's series for one engine, with the names and buckets `vllm serve` exports (what observe.py reads)."""
+    """vLLM's series for one engine, with the names, labels and buckets `vllm serve` 0.33 exports.
+
+    Families and label children as in vLLM 0.33.0's vllm/v1/metrics/loggers.py (tests/data/vllm-0.33.0 holds
+    that release's exposition): every family has model_name and engine, except admission_rejections
+    (model_name and reason); request_success has one child per finished_reason from the start.
+    """
 
     def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
         names = tuple(labels)
@@ -38,38 +48,62 @@ class VllmSeries:
         def histogram(name, doc, buckets):
             return Histogram(name, doc, names, buckets=buckets, registry=registry).labels(**labels)
 
-        self.success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"),
-                               registry=registry).labels(**labels, finished_reason="stop")
-        self.running = Gauge("vllm:num_requests_running", "Requests running.", names, registry=registry).labels(**labels)
-        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", names, registry=registry).labels(**labels)
+        success = Counter("vllm:request_success", "Count of successfully processed requests.",
+                          (*names, "finished_reason"), registry=registry)
+        self.finished_by_reason = {r: success.labels(**labels, finished_reason=r) for r in FINISHED_REASONS}
+        self.success = self.finished_by_reason["stop"]
+        no_engine = {k: v for k, v in labels.items() if k != "engine"}
+        rejections = Counter("vllm:admission_rejections", "Number of admission attempts rejected by a queue limit, by reason.",
+                             (*no_engine, "reason"), registry=registry)
+        self.rejected_by_reason = {r: rejections.labels(**no_engine, reason=r) for r in REJECTION_REASONS}
+        self.rejections = self.rejected_by_reason["max_num_queued_reqs"]
+        self.generation_tokens = Counter("vllm:generation_tokens", "Number of generation tokens processed.", names,
+                                         registry=registry).labels(**labels)
+        self.running = Gauge("vllm:num_requests_running", "Number of requests in model execution batches.", names,
+                             registry=registry).labels(**labels)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", names,
+                             registry=registry).labels(**labels)
         self.inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
         self.queue = histogram("vllm:request_queue_time_seconds", "WAITING phase time.", LATENCY_BUCKETS)
         self.prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
 
-    def finished(self, wait: float, inference: float, prefill: float) -> None:
+    def finished(self, wait: float, inference: float, prefill: float, reason: str = "stop", tokens: int = 100) -> None:
         """One finished request, in every histogram, as vLLM records it."""
         self.inference.observe(inference)
         self.queue.observe(wait)
         self.prefill.observe(prefill)
         self.ttft.observe(wait + prefill)
         self.e2e.observe(wait + inference)
-        self.success.inc()
+        self.finished_by_reason[reason].inc()
+        self.generation_tokens.inc(tokens)
 
 
-def serve_text_format(registry: CollectorRegistry, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve the registry on host:port (0: any free port) in a daemon thread.
+EXPOSITIONS = ("negotiate", "unescaped")
 
-    Always the classic text format, whatever the scraper asks for: prometheus_client's OpenMetrics output
-    escapes "vllm:" to "vllm_" for a Prometheus 2.x scraper (see the operator's --metric-prefix).
+
+def serve(registry: CollectorRegistry, host: str, port: int, exposition: str = "negotiate"):
+    """Serve the registry's /metrics on host:port (0: any free port) in a daemon thread.
+
+    negotiate: as vLLM does. vLLM mounts prometheus_client.make_asgi_app at /metrics
+    (vllm/entrypoints/openai/api_server.py); its Accept-header negotiation (prometheus_client's
+    choose_encoder, shared with make_wsgi_app, which serves here) answers a Prometheus 2.x scrape with
+    OpenMetrics and escaping=underscores from prometheus_client 0.23 on, so Prometheus stores vllm_*.
+    unescaped: always the classic text format, which keeps vllm:* (what an image with an older
+    prometheus_client ends up with in Prometheus 2.x, and what Prometheus 3 stores).
     """
+    if exposition not in EXPOSITIONS:
+        raise ValueError(f"exposition must be one of {EXPOSITIONS}, got {exposition!r}")
+    if exposition == "negotiate":
+        server, _ = start_wsgi_server(port, host, registry)
+        return server
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
             body = generate_latest(registry)
             self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -84,16 +118,19 @@ def serve_text_format(registry: CollectorRegistry, host: str, port: int) -> Thre
 
 
 class VllmExporter:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, model: str = "test-model", tick: float = 0.1):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, model: str = "test-model", tick: float = 0.1,
+                 exposition: str = "negotiate"):
         if not host.startswith("127."):
             raise ValueError("the exporter listens on loopback only")
-        self.host, self.port, self.tick = host, port, tick
+        self.host, self.port, self.tick, self.exposition = host, port, tick, exposition
         self.arrival_rate = 0.0
         self.service_time = 1.0
         self.queue_wait = 0.0
         self.prefill_time = 0.05
         self.waiting = 0.0
         self._credit = 0.0
+        self.rejection_rate = 0.0
+        self._rejected_credit = 0.0
         self._k = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -107,9 +144,11 @@ class VllmExporter:
         return f"{self.host}:{self.port}"
 
     def set_load(self, arrival_rate: float, service_time: float, queue_wait: float = 0.0,
-                 prefill_time: float = 0.05, waiting: float = 0.0) -> None:
-        """The load to export from now on."""
+                 prefill_time: float = 0.05, waiting: float = 0.0, rejection_rate: float = 0.0) -> None:
+        """The load to export from now on: `arrival_rate` requests/s admitted and finished, and
+        `rejection_rate` more refused with a 503 (vllm:admission_rejections_total)."""
         with self._lock:
+            self.rejection_rate = rejection_rate
             self.arrival_rate, self.service_time = arrival_rate, service_time
             self.queue_wait, self.prefill_time, self.waiting = queue_wait, prefill_time, waiting
             self.series.running.set(arrival_rate * service_time)
@@ -127,6 +166,10 @@ class VllmExporter:
             now = time.monotonic()
             with self._lock:
                 self._credit += self.arrival_rate * (now - last)
+                self._rejected_credit += self.rejection_rate * (now - last)
+                while self._rejected_credit >= 1.0:
+                    self._rejected_credit -= 1.0
+                    self.series.rejections.inc()
                 while self._credit >= 1.0:
                     self._credit -= 1.0
                     self._finish_one()
@@ -135,7 +178,7 @@ class VllmExporter:
             last = now
 
     def start(self) -> VllmExporter:
-        self._server = serve_text_format(self.registry, self.host, self.port)
+        self._server = serve(self.registry, self.host, self.port, self.exposition)
         self.port = self._server.server_port
         self._stop.clear()
         self._ticker = threading.Thread(target=self._run, name="vllm-exporter", daemon=True)
@@ -163,8 +206,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="requests per second")
     parser.add_argument("--service-time", type=float, default=1.0, help="mean seconds a slot is busy per request")
     parser.add_argument("--queue-wait", type=float, default=0.0)
+    parser.add_argument("--exposition", choices=EXPOSITIONS, default="negotiate")
     args = parser.parse_args()
-    exporter = VllmExporter(port=args.port).start()
+    exporter = VllmExporter(port=args.port, exposition=args.exposition).start()
     exporter.set_load(args.rate, args.service_time, args.queue_wait)
     print(f"serving vllm:* metrics on http://{exporter.target}/metrics", flush=True)
     try:

@@ -64,11 +64,15 @@ class FakeKube:
 class FakeReader:
     def __init__(self):
         self.pools: dict | Exception = {}
+        self.values: dict[str, tuple] = {}
 
     def read(self, url=None, matchers=""):
         if isinstance(self.pools, Exception):
             raise self.pools
         return self.pools
+
+    def value(self, url, promql):
+        return self.values[promql]
 
 
 class Pool:
@@ -170,13 +174,32 @@ def test_missing_metrics_hold_and_say_why_once(world, events):
     status = pool.tick(operator)
     assert kube.scaled == [scaled] and status["desiredReplicas"] == scaled
     metrics_condition = condition(status, "MetricsAvailable")
-    assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "MetricsMissing")
+    assert (metrics_condition["status"], metrics_condition["reason"]) == ("False", "NoVllmSeries")
     assert "never scaling down without metrics" in metrics_condition["message"]
+    assert 'no series vllm:num_requests_running nor vllm_num_requests_running with pool="llama"' in metrics_condition["message"]
+    assert "examples/prometheus-scrape.yaml" in metrics_condition["message"]
     assert "arrivalRate" not in status
-    assert [e[:2] for e in events] == [("Warning", "MetricsMissing")]
+    assert [e[:2] for e in events] == [("Warning", "NoVllmSeries")]
     events.clear()
     pool.tick(operator)
     assert events == []  # not once per tick
+
+
+def test_a_scraped_pool_without_vllm_series_says_to_check_port_and_path(world, events):
+    operator, kube, reader = world
+    reader.pools = observe.Pools({("serving", "llama"): observe.PoolMetrics(newest_sample_time=None, targets_up=1.0)})
+    status = Pool().tick(operator)
+    c = condition(status, "MetricsAvailable")
+    assert c["reason"] == "NoVllmSeries" and "(up=1)" in c["message"] and "--disable-log-stats" in c["message"]
+    reader.pools = observe.Pools({("serving", "llama"): observe.PoolMetrics(newest_sample_time=None, targets_up=0.0)})
+    assert "fail to scrape (up=0)" in condition(Pool().tick(operator), "MetricsAvailable")["message"]
+
+
+def test_series_without_an_arrival_rate_are_missing_metrics_not_missing_series(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=None, service=1.5)
+    c = condition(Pool().tick(operator), "MetricsAvailable")
+    assert (c["status"], c["reason"]) == ("False", "MetricsMissing")
 
 
 def test_stale_metrics_and_prometheus_errors_hold_too(world, events):
@@ -316,3 +339,39 @@ def test_a_new_deployment_starts_at_the_warm_floor():
     kube.scale("serving", "llama", 5)
     pool.tick(operator, handler="ensure")  # a later apply leaves the count to the scaler
     assert live["spec"]["replicas"] == 5 and kube.applied == ["Deployment", "Service", "Deployment", "Service"]
+
+
+def test_the_pools_arrival_rate_query_wins_over_vllms_counters(world, events):
+    operator, kube, reader = world
+    query = 'sum(rate(gateway_requests_total{route="llama"}[2m]))'
+    spec = {**SPEC, "metrics": {"arrivalRateQuery": query}}
+    reader.pools = metrics(rate=2.0, service=1.5)
+    reader.values[query] = (12.0, None)
+    status = Pool(spec).tick(operator)
+    assert status["arrivalRate"] == 12.0 and status["arrivalRateSource"] == "spec.metrics.arrivalRateQuery"
+    assert status["desiredReplicas"] == erlang_c_replicas(12.0, 1.5)
+    reader.values[query] = (None, "returned no series")  # the gateway's counter is gone: hold, say why
+    pool = Pool(spec)
+    pool.raw["status"] = dict(status)
+    held = pool.tick(operator)
+    c = condition(held, "MetricsAvailable")
+    assert (c["reason"], held["desiredReplicas"]) == ("MetricsMissing", status["desiredReplicas"])
+    assert c["message"].startswith("spec.metrics.arrivalRateQuery returned no series; holding")
+    assert Pool().tick(operator)["arrivalRateSource"] == "vLLM"
+
+
+def test_measurement_limits_are_a_condition_with_what_was_done_instead(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    assert condition(Pool().tick(operator), "MeasurementLimited")["status"] == "False"
+
+    short = {**SPEC, "slo": {"targetSeconds": 0.1, "percentile": 0.99}}
+    reader.pools = observe.Pools(metrics(rate=12.0, service=1.5, queue_buckets=((0.3, 5.0), (math.inf, 5.0))))
+    reader.pools.window_note, reader.pools.scrape_interval, reader.pools.rate_window = "windows raised", 15.0, "2m"
+    status = Pool(short).tick(operator)
+    c = condition(status, "MeasurementLimited")
+    assert (c["status"], c["reason"]) == ("True", "BelowHistogramResolution")
+    assert "slo.targetSeconds 0.1s is below vLLM's smallest queue-time bucket (0.3s)" in c["message"]
+    assert c["message"].endswith("; windows raised")
+    assert (status["scrapeIntervalSeconds"], status["rateWindow"]) == (15.0, "2m")
+    assert ("Warning", "BelowHistogramResolution") in [e[:2] for e in events]

@@ -36,7 +36,10 @@ def buckets(values: np.ndarray):
 
 def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
     qs = observe.queries(S)
-    assert qs["completion_rate"] == 'sum by (namespace, pool) (rate(vllm:request_success_total{pool!=""}[2m]))'
+    assert qs["completion_rate"] == (
+        'sum by (namespace, pool) (rate(vllm:request_success_total{pool!=""}[2m])'
+        ' or rate(vllm_request_success_total{pool!=""}[2m]))'
+    )
     assert "deriv(vllm:num_requests_waiting" in qs["in_system_growth"] and "deriv(vllm:num_requests_running" in qs["in_system_growth"]
     assert "vllm:request_inference_time_seconds_sum" in qs["service_mean"]
     assert qs["service_buckets"].startswith("sum by (namespace, pool, le) (rate(vllm:request_inference_time_seconds_bucket")
@@ -44,20 +47,33 @@ def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
     assert "vllm:request_queue_time_seconds_count" in qs["queue_mean"]
     assert "vllm:request_prefill_time_seconds_sum" in qs["prefill_mean"]
     assert "vllm:time_to_first_token_seconds_bucket" in qs["ttft_buckets"]
-    assert qs["newest_sample"] == 'max by (namespace, pool) (timestamp(vllm:num_requests_running{pool!=""}))'
+    assert qs["newest_sample"] == (
+        'max by (namespace, pool) (timestamp(vllm:num_requests_running{pool!=""})'
+        ' or timestamp(vllm_num_requests_running{pool!=""}))'
+    )
     assert "[2m:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
-    assert all("{pool" in q for q in qs.values())
+    assert all("{pool" in q for name, q in qs.items() if name != "unlabelled_series")
 
 
 def test_pool_matchers_and_label_names_are_configurable():
     qs = observe.queries(QuerySettings(rate_window="30s", pool_label="ipool", namespace_label="ns"), 'cluster="eu",')
-    assert qs["waiting"] == 'sum by (ns, ipool) (vllm:num_requests_waiting{ipool!="", cluster="eu"})'
+    assert qs["waiting"] == (
+        'sum by (ns, ipool) (vllm:num_requests_waiting{ipool!="", cluster="eu"}'
+        ' or vllm_num_requests_waiting{ipool!="", cluster="eu"})'
+    )
+    assert qs["unlabelled_series"] == 'count({__name__=~"vllm[:_]num_requests_running", ipool="", cluster="eu"})'
 
 
-def test_escaped_metric_names():
-    qs = observe.queries(QuerySettings(metric_prefix="vllm_"))
-    assert "vllm:" not in "".join(qs.values())
-    assert qs["running"] == 'sum by (namespace, pool) (vllm_num_requests_running{pool!=""})'
+def test_every_vllm_series_is_read_under_both_spellings():
+    """vllm:x and the escaped vllm_x (Prometheus 2.x scraping prometheus_client >= 0.23), always both."""
+    import re
+
+    for name, promql in observe.queries(S).items():
+        colon = re.findall(r"vllm:(\w+)", promql)
+        underscore = re.findall(r"vllm_(\w+)\{", promql)
+        if name in ("targets_up", "unlabelled_series"):
+            continue
+        assert colon and sorted(colon) == sorted(underscore), name
 
 
 @pytest.mark.parametrize("text, seconds", [("30s", 30), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5)])
@@ -306,7 +322,7 @@ class FakeClient:
         self.calls.append(query)
         if self.fail:
             raise ConnectionError("connection refused")
-        name = next(n for n, q in observe.queries(S).items() if q == query)
+        name = next((n for n, q in observe.queries(S).items() if q == query), "scrape_spacing")
         return self.results.get(name, [])
 
 
@@ -316,10 +332,10 @@ def test_reader_shares_one_batched_read_between_pools_within_the_ttl():
     reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: now[0])
     assert observe.find(reader.read(), "serving", "llama").arrival_rate == pytest.approx(3.5)
     reader.read()  # a second pool, same tick
-    assert len(client.calls) == len(observe.queries(S))
+    assert len(client.calls) == 1 + len(observe.queries(S))  # the scrape spacing first, then every signal
     now[0] = 6.0
     reader.read()
-    assert len(client.calls) == 2 * len(observe.queries(S))
+    assert len(client.calls) == 2 * (1 + len(observe.queries(S)))
 
 
 def test_reader_failure_is_reported_and_cached():
@@ -330,4 +346,127 @@ def test_reader_failure_is_reported_and_cached():
     for _ in range(3):
         with pytest.raises(observe.PrometheusUnavailable, match="connection refused"):
             reader.read()
-    assert len(client.calls) == 1 and errors == ["completion_rate"]
+    assert len(client.calls) == 1 and errors == ["scrape_spacing"]
+
+
+def test_a_pool_with_targets_but_no_vllm_series_is_present_without_samples():
+    results = canned(targets_up=[sample(1.0), sample(0.0, pool="other")], unlabelled_series=[{"metric": {}, "value": [0, "3"]}])
+    pools = observe.pool_metrics(results, S)
+    assert pools[("serving", "llama")].targets_up == 1.0 and pools[("serving", "llama")].newest_sample_time == 995.0
+    other = pools[("serving", "other")]
+    assert (other.newest_sample_time, other.targets_up) == (None, 0.0)
+    assert observe.observations(other, now=1000.0, current_replicas=2).arrival_rate is None
+    assert pools.unlabelled_series == 3
+    message = observe.missing_series_message(None, pools.unlabelled_series, S, "serving", "nowhere")
+    assert 'pool="nowhere"' in message and "3 vLLM series in Prometheus carry no 'pool' label" in message
+
+
+def test_arrivals_count_refusals_and_requests_cancelled_while_running():
+    """Overload: 10/s arrive; 2/s refused (503), 6/s finish, 0.5/s cancelled while running and 0.5/s while
+    queued (counted nowhere), the queue grows by 1/s, running is full and steady. First tokens = 6.5/s."""
+    truth, refused, finished, cancel_running, cancel_waiting, queue_growth = 10.0, 2.0, 6.0, 0.5, 0.5, 1.0
+    assert refused + finished + cancel_running + cancel_waiting + queue_growth == truth
+    first_tokens = finished + cancel_running
+    old = observe.arrival_estimate(finished, queue_growth)  # what was read before: completions + growth
+    with_refusals = observe.arrival_estimate(finished, queue_growth, rejections=refused)
+    both = observe.arrival_estimate(finished, queue_growth, first_tokens, queue_growth, refused)
+    assert (old, with_refusals, both) == (7.0, 9.0, 9.5)
+    assert truth - both == cancel_waiting  # only the requests cancelled before their first token are missed
+    m = observe.pool_metrics(canned(completion_rate=[sample(finished)], in_system_growth=[sample(queue_growth)],
+                                    first_token_rate=[sample(first_tokens)], waiting_growth=[sample(queue_growth)],
+                                    rejection_rate=[sample(refused)]), S)[("serving", "llama")]
+    assert (m.arrival_rate, m.rejection_rate) == (9.5, 2.0)
+
+
+def test_arrival_estimate_is_never_negative_and_unknown_without_completions():
+    assert observe.arrival_estimate(1.0, -5.0, 1.0, -3.0) == 0.0
+    assert observe.arrival_estimate(None, 1.0, 5.0) is None
+
+
+def test_a_pools_own_query_gives_one_value_or_says_why_not():
+    assert observe.scalar_result([{"metric": {}, "value": [0, "4.5"]}]) == (4.5, None)
+    assert observe.scalar_result([]) == (None, "returned no series")
+    assert observe.scalar_result([sample(1), sample(2, pool="b")])[1].startswith("returned 2 series, not one")
+    assert observe.scalar_result([sample("NaN")]) == (None, "returned NaN")
+
+    class Client:
+        calls = 0
+
+        def custom_query(self, query):
+            Client.calls += 1
+            return [{"metric": {}, "value": [0, "7"]}]
+
+    now = [0.0]
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: Client(), clock=lambda: now[0])
+    assert reader.value(None, "vector(7)") == (7.0, None)
+    reader.value(None, "vector(7)")
+    assert Client.calls == 1  # cached within the ttl, like the batched read
+
+
+# ---------------------------------------------------------------- windows from the scrape interval
+
+
+def test_windows_hold_at_least_four_scrapes():
+    settings = QuerySettings(rate_window="2m", burst_window="15s")
+    raised, interval, note = observe.windows_for(settings, 15.0)  # the common 15 s scrape
+    assert (raised.rate_window, raised.burst_window, interval) == ("2m", "60s", 15.0)
+    assert "--burst-window 15s -> 60s" in note and "at least 60s" in note
+    assert observe.windows_for(QuerySettings(rate_window="30s", burst_window="6s"), 1.0)[2] is None  # the bed
+    assert observe.windows_for(settings, None) == (settings, None, None)  # unknown: as configured
+    forced = observe.windows_for(QuerySettings(rate_window="1m", scrape_interval=30.0), 1.0)[0]
+    assert (forced.rate_window, forced.burst_window) == ("120s", "120s")  # the flag wins over the measurement
+
+
+def test_the_scrape_spacing_counts_only_series_older_than_its_window():
+    q = observe.spacing_query(S, 'cluster="eu"')
+    assert q.startswith("min(300 / (count_over_time(vllm:num_requests_running{pool!=\"\", cluster=\"eu\"}[5m]) and ")
+    assert 'vllm_num_requests_running{pool!="", cluster="eu"} offset 5m' in q
+
+
+def test_the_reader_widens_its_windows_to_the_measured_scrape_interval():
+    client = FakeClient({**canned(), "scrape_spacing": [{"metric": {}, "value": [0, "15"]}]})
+    pools = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: 0.0).read()
+    assert (pools.scrape_interval, pools.rate_window, pools.burst_window) == (15.0, "2m", "60s")
+    assert "--burst-window 15s -> 60s" in pools.window_note
+    assert any("[2m:60s]" in q for q in client.calls) and not any("[15s]" in q for q in client.calls)
+
+
+# ---------------------------------------------------------------- frozen gauges
+
+
+def test_frozen_gauges_are_stale_not_load():
+    frozen = canned(waiting=[sample(50)], running=[sample(16)], gauge_changes=[sample(0)], completion_rate=[sample(0)],
+                    token_growth=[sample(0)], in_system_growth=[sample(0)], first_token_rate=[sample(0)])
+    m = observe.pool_metrics(frozen, S)[("serving", "llama")]
+    assert m.gauges_frozen and (m.waiting, m.running, m.arrival_rate) == (None, None, 0.0)
+    for moving in ({"gauge_changes": [sample(3)]}, {"token_growth": [sample(200)]}, {"completion_rate": [sample(0.5)]},
+                   {"waiting": [sample(0)], "running": [sample(0)]}):
+        m = observe.pool_metrics({**frozen, **moving}, S)[("serving", "llama")]
+        assert not m.gauges_frozen, moving
+
+
+# ---------------------------------------------------------------- short requests and vLLM's 0.3 s smallest bucket
+
+
+@pytest.mark.parametrize("mean", [0.05, 0.1, 0.2])
+def test_a_service_time_below_the_smallest_bucket_gets_no_cv_from_it(mean):
+    service = np.random.default_rng(3).exponential(mean, 50_000)  # CV 1
+    naive = signals.histogram_cv(buckets(service), service.mean())
+    assert naive < (0.7 if mean <= 0.1 else 0.95)  # what the histogram alone would say: too smooth
+    m = observe.pool_metrics(canned(service_mean=[sample(service.mean())], service_buckets=bucket_samples(service)), S)
+    m = m[("serving", "llama")]
+    assert (m.service_cv, m.service_cv_resolved, m.smallest_service_bucket) == (1.0, False, 0.3)
+    note = observe.resolution_note(m, "wait", 10.0)
+    assert "too short for vLLM's latency buckets (smallest 0.3s)" in note and "--custom-histogram-buckets" in note
+
+
+def test_a_resolvable_service_time_keeps_its_histogram_cv():
+    m = observe.pool_metrics(canned(), S)[("serving", "llama")]  # Exp(2 s)
+    assert m.service_cv_resolved and m.service_cv == pytest.approx(1.0, abs=0.12)
+    assert observe.resolution_note(m, "wait", 1.0) is None
+
+
+def test_an_slo_below_the_smallest_queue_bucket_is_reported():
+    m = observe.pool_metrics(canned(), S)[("serving", "llama")]  # queue buckets start at 0.3 s
+    assert "slo.targetSeconds 0.1s is below vLLM's smallest queue-time bucket (0.3s)" in observe.resolution_note(m, "wait", 0.1)
+    assert observe.resolution_note(m, "ttft", 0.1) is None  # no TTFT bucket below 0.1 s in this result

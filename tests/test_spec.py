@@ -109,6 +109,7 @@ def test_price_as_string_or_number(price):
         ("cost.gpuHourPrice", "cheap", 'spec.cost.gpuHourPrice: must be a price >= 0 such as "2.50"'),
         ("engine.extraArgs", "--x", "spec.engine.extraArgs: must be a list of strs"),
         ("scheduling.nodeSelector", {"a": 1}, "spec.scheduling.nodeSelector: must map label names to string values"),
+        ("metrics.arrivalRateQuery", " ", "spec.metrics.arrivalRateQuery: must be a non-empty string"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(path, value, message):
@@ -172,3 +173,9 @@ def test_the_examples_parse():
     assert len(pools) >= 2
     for pool in pools:
         parse(pool["spec"])
+
+
+def test_arrival_rate_query_is_optional_and_kept_as_written():
+    assert parse(MINIMAL).arrival_query is None
+    query = 'sum(rate(gateway_requests_total{route="llama"}[2m]))'
+    assert parse(with_(MINIMAL, "metrics.arrivalRateQuery", query)).arrival_query == query

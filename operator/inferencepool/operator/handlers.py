@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import kopf
 
@@ -166,10 +166,19 @@ class Operator:
         )
         current = int(last_desired) if hand_edited else live_replicas
 
-        prometheus_error = None
+        prometheus_error = missing = arrival_problem = window_note = None
+        pools = None
         try:
             pools = self.reader.read(config.prometheus_url, config.matchers)
+            window_note = getattr(pools, "window_note", None)
             metrics = observe.find(pools, namespace, name)
+            if metrics is None or metrics.newest_sample_time is None:
+                missing = observe.missing_series_message(
+                    metrics, getattr(pools, "unlabelled_series", 0), self.config.query, namespace, name)
+            elif config.arrival_query:  # the pool's own arrival signal wins over vLLM's counters
+                rate, problem = self.reader.value(config.prometheus_url, config.arrival_query)
+                metrics = replace(metrics, arrival_rate=rate, arrival_source="query")
+                arrival_problem = problem and f"spec.metrics.arrivalRateQuery {problem}"
         except observe.PrometheusUnavailable as error:
             metrics, prometheus_error = None, str(error)
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
@@ -194,12 +203,14 @@ class Operator:
         generation = body.metadata.get("generation")
         previous_conditions = status.get("conditions")
         conditions_now = pool_status.conditions(
-            config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation
+            config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation, missing,
+            arrival_problem, metrics, window_note,
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)
         patch.status.update(
-            pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation)
+            pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation,
+                                        getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None))
         )
         self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
         self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
@@ -214,7 +225,8 @@ class Operator:
     @staticmethod
     def _condition_event(body, c: Mapping, first: bool) -> None:
         """Warn when something goes wrong, note when it recovers; stay quiet about a healthy start."""
-        bad = {"Ready": "False", "MetricsAvailable": "False", "Saturated": "True", "ScalingLimited": "True"}
+        bad = {"Ready": "False", "MetricsAvailable": "False", "Saturated": "True", "ScalingLimited": "True",
+               "MeasurementLimited": "True"}
         if first and c["reason"] == "NoReadyReplicas":
             return  # a new pool is loading its model: nothing is wrong yet
         if c["status"] == bad[c["type"]]:

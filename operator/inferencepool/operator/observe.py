@@ -4,10 +4,19 @@ One PromQL query per signal serves every pool (grouped by the pool label), so th
 not grow with the number of pools. The parsing is pure and separate from the HTTP calls so it can be
 tested on canned query results.
 
+Names: every query reads both spellings of vLLM's series, vllm:* and the escaped vllm_* a Prometheus 2.x
+scrape of a recent prometheus_client stores (see `either`), so no configuration is needed and a pool
+whose pods export both (mid-rollout) is summed once. A pool with neither gets a message that says what to
+check (`missing_series_message`, from the pool's scrape targets' `up`).
+
 Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
-- arrival rate = completion rate (vllm:request_success_total) + growth of the requests in the system
-  (deriv of vllm:num_requests_waiting + vllm:num_requests_running). Completions alone lag arrivals and are
-  capped by capacity exactly when it matters; conservation of requests closes the gap.
+- arrival rate, by conservation of requests: what left + what was refused + the growth of what is inside.
+  Two lower bounds, the larger wins (see `arrival_estimate`): completions of every finished_reason
+  (vllm:request_success_total) + growth of waiting + running, and first tokens
+  (vllm:time_to_first_token_seconds_count) + growth of waiting; both + 503 refusals
+  (vllm:admission_rejections_total, vLLM 0.33). Requests the client cancels are counted by no vLLM
+  counter (vllm#31503): the first is blind to all of them, the second only to those cancelled while still
+  queued. `spec.metrics.arrivalRateQuery` (a gateway's counter) replaces both when set.
 - service time = mean of vllm:request_inference_time_seconds (the time a slot is busy); its coefficient
   of variation from the histogram buckets. Falls back to e2e latency - queue time on older vLLM.
 - arrival CV from the dispersion of short-window request counts (index of dispersion ~ ca^2), floored at
@@ -30,19 +39,55 @@ from inferencepool.core.signals import arrival_cv, histogram_cv, histogram_quant
 PoolKey = tuple[str, str]  # (namespace, pool); namespace "" when the series carry no namespace label
 
 
+SPELLINGS = ("vllm:", "vllm_")  # as vLLM names them; as a Prometheus 2.x scrape stores them (escaped)
+
+
 @dataclass(frozen=True)
 class QuerySettings:
     rate_window: str = "2m"  # the window of every rate; shorter reacts faster, longer is steadier
     burst_window: str = "15s"  # the short windows whose count dispersion estimates the arrival CV
     pool_label: str = "pool"  # the series label that names the pool
     namespace_label: str = "namespace"
-    # "vllm_" where the names arrive escaped: prometheus_client's OpenMetrics output turns "vllm:" into
-    # "vllm_" for a scraper that does not ask for UTF-8 names (Prometheus 2.x).
-    metric_prefix: str = "vllm:"
+    scrape_interval: float | None = None  # seconds; None: measured from the pools' sample spacing
 
     @property
     def burst_seconds(self) -> float:
         return parse_duration(self.burst_window)
+
+
+MIN_SCRAPES = 4  # samples a rate window must hold (Prometheus' own advice: >= 4 scrape intervals)
+SPACING_WINDOW = "5m"
+
+
+def spacing_query(settings: QuerySettings, matchers: str = "", window: str = SPACING_WINDOW) -> str:
+    """The shortest sample spacing of any pool series that is older than the window, in seconds.
+
+    Only series that already had a sample a whole window ago count (`and ... offset`), so a young
+    series' few samples do not read as a slow scrape; the shortest spacing is the cluster's interval.
+    """
+    sel = _selector(settings, matchers)
+    w = window
+    counts = either(lambda p: f"count_over_time({p}num_requests_running{sel}[{w}]) and {p}num_requests_running{sel} offset {w}")
+    return f"min({parse_duration(w):g} / {counts})"
+
+
+def windows_for(settings: QuerySettings, spacing: float | None) -> tuple[QuerySettings, float | None, str | None]:
+    """(settings whose windows hold >= MIN_SCRAPES scrapes, the scrape interval used, a note if raised).
+
+    rate() over a window holding one sample returns nothing: with the common 15 s scrape a 15 s burst
+    window was always empty. The interval is --scrape-interval when set, else the measured spacing.
+    """
+    interval = settings.scrape_interval or spacing
+    if not interval:
+        return settings, None, None
+    floor = MIN_SCRAPES * interval
+    raised = {f: f"{math.ceil(floor)}s" for f in ("rate_window", "burst_window") if parse_duration(getattr(settings, f)) < floor}
+    if not raised:
+        return settings, interval, None
+    flags = ", ".join(f"--{f.replace('_', '-')} {getattr(settings, f)} -> {v}" for f, v in raised.items())
+    note = (f"the configured windows hold fewer than {MIN_SCRAPES} scrapes at a {interval:g}s scrape interval, "
+            f"so they were raised ({flags}); set them to at least {math.ceil(floor)}s")
+    return replace(settings, **raised), interval, note
 
 
 def parse_duration(text: str) -> float:
@@ -65,41 +110,75 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def either(expression: Callable[[str], str]) -> str:
+    """`expression` for both spellings of vLLM's names, joined by `or`.
+
+    vLLM serves /metrics with prometheus_client's content negotiation (`mount_metrics` in
+    vllm/entrypoints/openai/api_server.py mounts prometheus_client.make_asgi_app); from prometheus_client 0.23 a Prometheus 2.x scrape gets
+    OpenMetrics with escaping=underscores, so its samples are stored as vllm_*, while Prometheus 3 (and
+    older clients) store vllm:*. Which one a pool has depends on the image, and a rollout can mix them.
+    `or` matches on every label but the metric name: it keeps every series of either name whose
+    labels differ (pods differ in their pod/instance labels, so both are summed), and of one target seen
+    under both names (a Prometheus upgrade) the first only: no double count, and no "vector cannot
+    contain metrics with the same labelset" error, which Prometheus 2.x gives for a
+    `{__name__=~"vllm:x|vllm_x"}` selector inside rate() (tested in e2e/test_vllm_output.py).
+    """
+    return "(" + " or ".join(expression(prefix) for prefix in SPELLINGS) + ")"
+
+
+def _selector(settings: QuerySettings, matchers: str) -> str:
+    extra = matchers.strip().strip(",")
+    return "{" + ", ".join(m for m in (f'{settings.pool_label}!=""', extra) if m) + "}"
+
+
 def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     """The PromQL for every signal, for all pools at once (pool-specific matchers go in `matchers`)."""
     s = settings
     by = f"{s.namespace_label}, {s.pool_label}"
-    sel = "{" + ", ".join(m for m in (f'{s.pool_label}!=""', matchers.strip().strip(",")) if m) + "}"
+    extra = matchers.strip().strip(",")
+    sel = _selector(s, matchers)
     w = s.rate_window
 
+    def over(function: str, metric: str, window: str = w, extra_by: str = "") -> str:
+        return f"sum by ({by}{extra_by}) {either(lambda p: f'{function}({p}{metric}{sel}[{window}])')}"
+
     def rate(metric: str, extra_by: str = "") -> str:
-        return f"sum by ({by}{extra_by}) (rate({metric}{sel}[{w}]))"
+        return over("rate", metric, extra_by=extra_by)
 
     def mean(histogram: str) -> str:
         return f"{rate(histogram + '_sum')} / {rate(histogram + '_count')}"
 
-    burst_rate = f"sum by ({by}) (rate(vllm:request_success_total{sel}[{s.burst_window}]))[{w}:{s.burst_window}]"
-    queries = {
-        "completion_rate": rate("vllm:request_success_total"),
-        "in_system_growth": (
-            f"sum by ({by}) (deriv(vllm:num_requests_waiting{sel}[{w}]))"
-            f" + sum by ({by}) (deriv(vllm:num_requests_running{sel}[{w}]))"
-        ),
-        "waiting": f"sum by ({by}) (vllm:num_requests_waiting{sel})",
-        "running": f"sum by ({by}) (vllm:num_requests_running{sel})",
-        "newest_sample": f"max by ({by}) (timestamp(vllm:num_requests_running{sel}))",
-        "service_mean": mean("vllm:request_inference_time_seconds"),
-        "service_buckets": rate("vllm:request_inference_time_seconds_bucket", ", le"),
-        "service_samples": f"sum by ({by}) (increase(vllm:request_inference_time_seconds_count{sel}[{w}]))",
-        "e2e_mean": mean("vllm:e2e_request_latency_seconds"),
-        "queue_mean": mean("vllm:request_queue_time_seconds"),
-        "prefill_mean": mean("vllm:request_prefill_time_seconds"),
-        "queue_buckets": rate("vllm:request_queue_time_seconds_bucket", ", le"),
-        "ttft_buckets": rate("vllm:time_to_first_token_seconds_bucket", ", le"),
+    def gauge(metric: str) -> str:
+        return f"sum by ({by}) {either(lambda p: f'{p}{metric}{sel}')}"
+
+    burst_rate = f"{over('rate', 'request_success_total', s.burst_window)}[{w}:{s.burst_window}]"
+    unlabelled = "{" + ", ".join(m for m in ('__name__=~"vllm[:_]num_requests_running"', f'{s.pool_label}=""', extra) if m) + "}"
+    return {
+        "completion_rate": rate("request_success_total"),
+        "in_system_growth": f"{over('deriv', 'num_requests_waiting')} + {over('deriv', 'num_requests_running')}",
+        "rejection_rate": rate("admission_rejections_total"),
+        "first_token_rate": rate("time_to_first_token_seconds_count"),
+        "waiting_growth": over("deriv", "num_requests_waiting"),
+        "waiting": gauge("num_requests_waiting"),
+        "running": gauge("num_requests_running"),
+        "newest_sample": f"max by ({by}) {either(lambda p: f'timestamp({p}num_requests_running{sel})')}",
+        "service_mean": mean("request_inference_time_seconds"),
+        "service_buckets": rate("request_inference_time_seconds_bucket", ", le"),
+        "service_samples": over("increase", "request_inference_time_seconds_count"),
+        "e2e_mean": mean("e2e_request_latency_seconds"),
+        "queue_mean": mean("request_queue_time_seconds"),
+        "prefill_mean": mean("request_prefill_time_seconds"),
+        "queue_buckets": rate("request_queue_time_seconds_bucket", ", le"),
+        "ttft_buckets": rate("time_to_first_token_seconds_bucket", ", le"),
         "burst_rate_var": f"stdvar_over_time({burst_rate})",
         "burst_rate_mean": f"avg_over_time({burst_rate})",
+        # frozen gauges: waiting/running unchanged while nothing finishes and no token is generated
+        "gauge_changes": f"{over('changes', 'num_requests_running')} + {over('changes', 'num_requests_waiting')}",
+        "token_growth": over("increase", "generation_tokens_total"),
+        # what to say when a pool has no vLLM series: are its targets scraped at all?
+        "targets_up": f"max by ({by}) (up{sel})",
+        "unlabelled_series": f"count({unlabelled})",
     }
-    return {name: promql.replace("vllm:", s.metric_prefix) for name, promql in queries.items()}
 
 
 # ---------------------------------------------------------------- pure parsing
@@ -150,6 +229,8 @@ class PoolMetrics:
     newest_sample_time: float | None
     arrival_rate: float | None = None
     completion_rate: float | None = None
+    rejection_rate: float | None = None  # 503 refusals (vllm:admission_rejections_total), part of arrivals
+    arrival_source: str = "vllm"  # or "query": spec.metrics.arrivalRateQuery
     arrival_cv: float = 1.0
     service_time: float | None = None
     service_samples: float | None = None  # completions behind service_time; decide() distrusts a handful
@@ -159,41 +240,172 @@ class PoolMetrics:
     running: float | None = None
     queue_buckets: tuple[tuple[float, float], ...] = ()
     ttft_buckets: tuple[tuple[float, float], ...] = ()
+    targets_up: float | None = None  # max of `up` over the pool's scrape targets; None: no target
+    gauges_frozen: bool = False  # waiting/running read as stale: unchanged, nothing finished, no token
+    service_cv_resolved: bool = True  # False: the histogram is too coarse for the service time; CV 1 assumed
+    smallest_service_bucket: float | None = None  # seconds: vLLM's smallest latency bucket, 0.3 by default
 
 
-def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> dict[PoolKey, PoolMetrics]:
-    """Every pool's metrics from the raw results of `queries()` (keyed the same way)."""
+class Pools(dict):
+    """{pool: PoolMetrics}, and how many vLLM series carry no pool label (to say why a pool has none)."""
+
+    unlabelled_series: int = 0
+    scrape_interval: float | None = None  # seconds, measured or --scrape-interval
+    rate_window: str | None = None  # the windows used (raised to >= MIN_SCRAPES scrapes if needed)
+    burst_window: str | None = None
+    window_note: str | None = None  # set when the configured windows were too short
+
+
+def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
+    """Every pool's metrics from the raw results of `queries()` (keyed the same way).
+
+    A pool whose targets Prometheus knows (`up`) but that has no vLLM sample is present with
+    newest_sample_time None, so that its status can say the scrape works but the series are missing.
+    """
     vec = {name: parse_vector(results.get(name, []), settings) for name in results if not name.endswith("_buckets")}
     hist = {name: parse_buckets(results.get(name, []), settings) for name in results if name.endswith("_buckets")}
 
     def get(name: str, key: PoolKey) -> float | None:
         return vec.get(name, {}).get(key)
 
-    pools = {}
+    pools = Pools()
+    pools.unlabelled_series = int(sum(vec.get("unlabelled_series", {}).values()))
+    for key, up in vec.get("targets_up", {}).items():
+        if key not in vec.get("newest_sample", {}):
+            pools[key] = PoolMetrics(newest_sample_time=None, targets_up=up)
     for key, newest in vec.get("newest_sample", {}).items():
         completions = get("completion_rate", key)
-        arrival = None if completions is None else max(completions + (get("in_system_growth", key) or 0.0), 0.0)
+        waiting, running = get("waiting", key), get("running", key)
+        frozen = gauges_frozen(waiting, running, get("gauge_changes", key), completions, get("token_growth", key))
+        if frozen:  # stale gauges are not load: neither their level nor their (zero) growth
+            waiting = running = None
+        arrival = arrival_estimate(completions, None if frozen else get("in_system_growth", key),
+                                   get("first_token_rate", key), None if frozen else get("waiting_growth", key),
+                                   get("rejection_rate", key))
         service = get("service_mean", key)
         if service is None:
             e2e, queued = get("e2e_mean", key), get("queue_mean", key)
             if e2e is not None and queued is not None and e2e > queued:
                 service = e2e - queued
-        service_cv = histogram_cv(hist.get("service_buckets", {}).get(key, []), service)
+        service_buckets = hist.get("service_buckets", {}).get(key, [])
+        resolved = resolves(service_buckets, service)
+        service_cv = histogram_cv(service_buckets, service) if resolved else None
         pools[key] = PoolMetrics(
             newest_sample_time=newest,
             arrival_rate=arrival,
             completion_rate=completions,
+            rejection_rate=get("rejection_rate", key),
             arrival_cv=arrival_cv(get("burst_rate_var", key), get("burst_rate_mean", key), settings.burst_seconds),
             service_time=service,
             service_samples=get("service_samples", key) if get("service_mean", key) is not None else None,
             service_cv=1.0 if service_cv is None else min(service_cv, 10.0),
             prefill_time=get("prefill_mean", key),
-            waiting=get("waiting", key),
-            running=get("running", key),
+            waiting=waiting,
+            running=running,
+            gauges_frozen=frozen,
+            service_cv_resolved=resolved,
+            smallest_service_bucket=service_buckets[0][0] if service_buckets and math.isfinite(service_buckets[0][0]) else None,
             queue_buckets=tuple(hist.get("queue_buckets", {}).get(key, [])),
             ttft_buckets=tuple(hist.get("ttft_buckets", {}).get(key, [])),
+            targets_up=get("targets_up", key),
         )
     return pools
+
+
+def resolves(buckets: list[tuple[float, float]], mean: float | None) -> bool:
+    """Whether a histogram can tell the spread of values with this mean: not when the mean is below the
+    smallest bucket or that bucket holds most of the samples. vLLM's latency buckets start at 0.3 s
+    (vllm/v1/metrics/loggers.py, request_latency_buckets): for exponential times (CV 1) the midpoint
+    estimate reads 0.26 at a 0.05 s mean and 0.66 at 0.1 s, so such a CV is not evidence of anything."""
+    if not buckets or mean is None or buckets[-1][1] <= 0:
+        return True  # nothing to judge: histogram_cv says unknown by itself
+    first_bound, first_count = buckets[0]
+    return mean >= first_bound and first_count <= buckets[-1][1] / 2
+
+
+def resolution_note(metrics: PoolMetrics | None, slo_metric: str, slo_target: float) -> str | None:
+    """What vLLM's histograms cannot resolve for this pool, in words for its status; None: all fine."""
+    if metrics is None or metrics.newest_sample_time is None:
+        return None
+    notes = []
+    slo_buckets = metrics.queue_buckets if slo_metric == "wait" else metrics.ttft_buckets
+    smallest = slo_buckets[0][0] if slo_buckets and math.isfinite(slo_buckets[0][0]) else None
+    if smallest is not None and slo_target < smallest:
+        which = "queue-time" if slo_metric == "wait" else "time-to-first-token"
+        notes.append(f"slo.targetSeconds {slo_target:g}s is below vLLM's smallest {which} bucket ({smallest:g}s): "
+                     "the observed percentile cannot resolve it (the predicted one is computed, not read)")
+    if not metrics.service_cv_resolved:
+        notes.append(f"the mean service time {metrics.service_time:.3g}s is too short for vLLM's latency buckets "
+                     f"(smallest {metrics.smallest_service_bucket:g}s): its CV cannot be read, 1.0 is assumed")
+    if not notes:
+        return None
+    return "; ".join(notes) + (". vLLM 0.33 can set finer buckets with --custom-histogram-buckets "
+                               "(engine.extraArgs); older versions cannot")
+
+
+def gauges_frozen(
+    waiting: float | None, running: float | None, changes: float | None, completions: float | None, tokens: float | None
+) -> bool:
+    """Waiting/running hold requests but have not moved over the window while nothing finished and no
+    token was generated: vLLM sets them at engine steps, and after every request is aborted they keep
+    their last values until the next step (vLLM issues #22545, #29928) while the scrapes stay fresh."""
+    inside = (waiting or 0.0) + (running or 0.0)
+    return inside > 0 and changes == 0 and completions == 0 and not tokens
+
+
+def arrival_estimate(
+    completions: float | None,
+    in_system_growth: float | None,
+    first_tokens: float | None = None,
+    waiting_growth: float | None = None,
+    rejections: float | None = None,
+) -> float | None:
+    """Arrivals per second from what vLLM counts; None without a completion rate.
+
+    Every arrival is refused (503), queued, running or gone; gone = finished (counted) or cancelled by
+    the client (not counted). So completions + rejections + d(waiting + running)/dt misses every
+    cancellation, and first tokens + rejections + d(waiting)/dt misses only the requests cancelled
+    before their first token. Both are lower bounds: take the larger, never below 0 (a draining queue
+    makes the growth negative; noise can push the sum under 0).
+    """
+    if completions is None:
+        return None
+    refused = rejections or 0.0
+    estimate = completions + refused + (in_system_growth or 0.0)
+    if first_tokens is not None:
+        estimate = max(estimate, first_tokens + refused + (waiting_growth or 0.0))
+    return max(estimate, 0.0)
+
+
+def missing_series_message(
+    metrics: PoolMetrics | None, unlabelled_series: int, settings: QuerySettings, namespace: str, name: str
+) -> str:
+    """Why a pool has no vLLM series under either spelling, and what to check."""
+    who = f'{settings.pool_label}="{name}"'
+    names = "vllm:num_requests_running nor vllm_num_requests_running"
+    if metrics is not None and metrics.targets_up is not None:
+        if metrics.targets_up >= 1:
+            return (f"Prometheus scrapes targets labelled {who} (up=1) but finds neither {names}: check the scrape's "
+                    "port and path (vLLM serves /metrics on spec.engine.port) and that engine.extraArgs has no "
+                    "--disable-log-stats")
+        return (f"the targets labelled {who} fail to scrape (up=0): check that the pods run and that the scrape "
+                "uses vLLM's port and /metrics")
+    message = (f"no series {names} with {who} (namespace {namespace!r}) and no scrape target with that label: check "
+               "that Prometheus scrapes the pods and copies the pod label autoscaling.inferencepool.dev/pool "
+               f"to the label {settings.pool_label!r} (--pool-label; see examples/prometheus-scrape.yaml)")
+    if unlabelled_series:
+        message += f"; {unlabelled_series} vLLM series in Prometheus carry no {settings.pool_label!r} label"
+    return message
+
+
+def scalar_result(result: list) -> tuple[float | None, str | None]:
+    """The one value of an instant-query result, or None and why not (in words for the pool's status)."""
+    if not result:
+        return None, "returned no series"
+    if len(result) > 1:
+        return None, f"returned {len(result)} series, not one: aggregate it, e.g. sum(...)"
+    value = _finite(result[0]["value"][1])
+    return (value, None) if value is not None and value >= 0 else (None, f"returned {result[0]['value'][1]}")
 
 
 def find(pools: Mapping[PoolKey, PoolMetrics], namespace: str, name: str) -> PoolMetrics | None:
@@ -316,32 +528,61 @@ class PrometheusReader:
         self._clock = clock
         self._on_error = on_error
         self._lock = threading.Lock()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._cache: dict[tuple[str, str], tuple[float, dict | Exception]] = {}
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._cache: dict[tuple, tuple[float, object]] = {}
         self._clients: dict[str, object] = {}
 
-    def read(self, url: str | None = None, matchers: str = "") -> dict[PoolKey, PoolMetrics]:
+    def read(self, url: str | None = None, matchers: str = "") -> Pools:
         """All pools' metrics from that Prometheus; raises PrometheusUnavailable."""
         key = (url or self.default_url, matchers.strip())
+        return self._cached(("pools", *key), lambda: self._fetch(*key))
+
+    def value(self, url: str | None, promql: str) -> tuple[float | None, str | None]:
+        """One pool's own query (spec.metrics.arrivalRateQuery): (value, None) or (None, why there is none)."""
+        url = url or self.default_url
+
+        def fetch():
+            try:
+                return scalar_result(self._client(url).custom_query(promql))
+            except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash
+                if self._on_error:
+                    self._on_error("arrival_rate_query", error)
+                return PrometheusUnavailable(f"Prometheus at {url} failed on spec.metrics.arrivalRateQuery: {error}")
+
+        return self._cached(("value", url, promql), fetch)
+
+    def _cached(self, key: tuple, fetch: Callable[[], object]):
         with self._lock:
             key_lock = self._locks.setdefault(key, threading.Lock())
         with key_lock:
             cached = self._cache.get(key)
             if cached is None or self._clock() - cached[0] >= self.ttl:
-                cached = (self._clock(), self._fetch(*key))
+                cached = (self._clock(), fetch())
                 self._cache[key] = cached
         if isinstance(cached[1], Exception):
             raise cached[1]
         return cached[1]
 
-    def _fetch(self, url: str, matchers: str) -> dict[PoolKey, PoolMetrics] | Exception:
-        results = {}
-        for name, promql in queries(self.settings, matchers).items():
+    def _client(self, url: str):
+        return self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
+
+    def _fetch(self, url: str, matchers: str) -> Pools | Exception:
+        def ask(name: str, promql: str):
             try:
-                client = self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
-                results[name] = client.custom_query(promql)
+                return self._client(url).custom_query(promql)
             except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash
                 if self._on_error:
                     self._on_error(name, error)
-                return PrometheusUnavailable(f"Prometheus at {url} failed on {name}: {error}")
-        return pool_metrics(results, self.settings)
+                raise PrometheusUnavailable(f"Prometheus at {url} failed on {name}: {error}") from error
+
+        try:
+            spacing = min(parse_vector(ask("scrape_spacing", spacing_query(self.settings, matchers)), self.settings).values(),
+                          default=None)
+            settings, interval, note = windows_for(self.settings, spacing)
+            results = {name: ask(name, promql) for name, promql in queries(settings, matchers).items()}
+        except PrometheusUnavailable as error:
+            return error
+        pools = pool_metrics(results, settings)
+        pools.scrape_interval, pools.window_note = interval, note
+        pools.rate_window, pools.burst_window = settings.rate_window, settings.burst_window
+        return pools

@@ -45,12 +45,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="PromQL window of every rate, e.g. 30s or 2m (default %(default)s)")
     parser.add_argument("--burst-window", type=_promql_duration, default="15s", metavar="DURATION",
                         help="short windows whose count dispersion estimates the arrival CV (default %(default)s)")
+    parser.add_argument("--scrape-interval", type=_positive_seconds, default=None, metavar="SECONDS",
+                        help="Prometheus' scrape interval of the vLLM pods; default: measured from the series' sample "
+                             "spacing. Rate and burst windows are raised to hold >= 4 scrapes")
     parser.add_argument("--pool-label", default="pool",
                         help="the label that names the pool on vLLM's series in Prometheus (default %(default)s)")
     parser.add_argument("--namespace-label", default="namespace",
                         help="the label that names the namespace on vLLM's series (default %(default)s)")
-    parser.add_argument("--metric-prefix", default="vllm:", choices=("vllm:", "vllm_"),
-                        help='prefix of vLLM\'s series in Prometheus: "vllm_" where OpenMetrics scrapes escaped the colon')
     parser.add_argument("--metrics-port", type=int, default=9808,
                         help="port of the operator's own /metrics; 0 turns it off (default %(default)s)")
     parser.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics (default %(default)s)")
@@ -85,7 +86,7 @@ def build(args: argparse.Namespace):
         burst_window=args.burst_window,
         pool_label=args.pool_label,
         namespace_label=args.namespace_label,
-        metric_prefix=args.metric_prefix,
+        scrape_interval=args.scrape_interval,
     )
     config = handlers.OperatorConfig(prometheus_url=args.prometheus_url, interval=args.interval, query=query)
     metrics = OperatorMetrics()

@@ -68,6 +68,7 @@ class PoolConfig:
     node_selector: dict  # extra node labels the pods need
     prometheus_url: str | None  # None: the operator's --prometheus-url
     matchers: str  # extra PromQL label matchers, e.g. 'cluster="eu-1"'
+    arrival_query: str | None  # PromQL giving the pool's arrival rate (a gateway's counter); wins when set
     currency: str
 
     @property
@@ -207,5 +208,6 @@ def parse(spec: Mapping) -> PoolConfig:
         node_selector=dict(node_selector),
         prometheus_url=_text(spec, "metrics.prometheusURL", None),
         matchers=(_lookup(spec, "metrics.matchers", "") or "").strip(),
+        arrival_query=_text(spec, "metrics.arrivalRateQuery", None),
         currency=_text(spec, "cost.currency"),
     )

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from inferencepool.core.signals import histogram_quantile
-from inferencepool.operator.observe import PoolMetrics
+from inferencepool.operator.observe import PoolMetrics, resolution_note
 from inferencepool.core.policy import Decision, Observations
 from inferencepool.operator.spec import PoolConfig
 
-CONDITION_TYPES = ("Ready", "MetricsAvailable", "Saturated", "ScalingLimited")
+CONDITION_TYPES = ("Ready", "MetricsAvailable", "Saturated", "ScalingLimited", "MeasurementLimited")
 
 
 def timestamp(unix_seconds: float) -> str:
@@ -89,7 +89,14 @@ def conditions(
     stuck_message: str | None,
     now: float,
     generation: int | None,
+    missing_message: str | None = None,
+    arrival_problem: str | None = None,
+    metrics_read: PoolMetrics | None = None,
+    window_note: str | None = None,
 ) -> list[dict]:
+    """The conditions; `missing_message` (observe.missing_series_message) is set when the pool has no
+    vLLM series at all, which gets its own reason (NoVllmSeries) and says what to check."""
+
     def make(kind, ok, reason, message):
         return condition(kind, ok, reason, message, now, generation)
 
@@ -102,10 +109,13 @@ def conditions(
         metrics = make("MetricsAvailable", True, "MetricsFresh", f"newest sample {obs.metrics_age_seconds:.0f}s old")
     elif prometheus_error:
         metrics = make("MetricsAvailable", False, "PrometheusUnavailable", f"{prometheus_error}; {decision.reason}")
+    elif missing_message:
+        metrics = make("MetricsAvailable", False, "NoVllmSeries", f"{missing_message}; {decision.reason}")
     elif obs.metrics_age_seconds > config.policy.max_metrics_age_seconds:
         metrics = make("MetricsAvailable", False, "MetricsStale", decision.reason)
     else:
-        metrics = make("MetricsAvailable", False, "MetricsMissing", f"no fresh vLLM samples for this pool; {decision.reason}")
+        what = arrival_problem or "no fresh vLLM samples for this pool"
+        metrics = make("MetricsAvailable", False, "MetricsMissing", f"{what}; {decision.reason}")
 
     if decision.saturated:
         saturated = make("Saturated", True, "DemandExceedsCapacity", decision.reason)
@@ -121,7 +131,24 @@ def conditions(
         limited = make("ScalingLimited", True, reason, decision.reason)
     else:
         limited = make("ScalingLimited", False, "NotLimited", "the desired replicas are within the limits")
-    return [ready, metrics, saturated, limited]
+    return [ready, metrics, saturated, limited, measurement_condition(config, metrics_read, window_note, make)]
+
+
+def measurement_condition(config: PoolConfig, metrics: PoolMetrics | None, window_note: str | None, make) -> dict:
+    """MeasurementLimited: what the operator could not measure as asked, and what it did instead."""
+    limits = []
+    if metrics is not None and metrics.gauges_frozen:
+        limits.append(("GaugesFrozen", "vllm:num_requests_waiting/running have not moved over the rate window while "
+                       "no request finished and no token was generated: read as stale, not as load "
+                       "(vLLM issues #22545, #29928)"))
+    note = resolution_note(metrics, config.policy.slo_metric, config.policy.slo_target_seconds)
+    if note:
+        limits.append(("BelowHistogramResolution", note))
+    if window_note:
+        limits.append(("WindowTooShort", window_note))
+    if not limits:
+        return make("MeasurementLimited", False, "Resolved", "the windows and histograms resolve what the SLO needs")
+    return make("MeasurementLimited", True, limits[0][0], "; ".join(message for _, message in limits))
 
 
 def decision_status(
@@ -133,6 +160,8 @@ def decision_status(
     previous_conditions: list | None,
     now: float,
     generation: int | None,
+    scrape_interval: float | None = None,
+    rate_window: str | None = None,
 ) -> dict:
     """The whole status patch for one decision (None deletes a key that is unknown now)."""
     policy = config.policy
@@ -146,6 +175,9 @@ def decision_status(
         "unschedulableReplicas": obs.unschedulable_replicas,
         "requiredReplicas": decision.required_replicas,
         "arrivalRate": rounded(obs.arrival_rate),
+        "arrivalRateSource": (("spec.metrics.arrivalRateQuery" if metrics.arrival_source == "query" else "vLLM")
+                              if metrics and obs.arrival_rate is not None else None),
+        "rejectionRate": rounded(metrics.rejection_rate) if metrics and decision.metrics_available else None,
         "arrivalCV": rounded(obs.arrival_cv, 3) if decision.metrics_available else None,
         "serviceTimeSeconds": rounded(obs.service_time),
         "serviceCV": rounded(obs.service_cv, 3) if decision.metrics_available else None,
@@ -163,6 +195,9 @@ def decision_status(
         "horizonSeconds": rounded(decision.horizon_seconds),
         "coldStartSeconds": rounded(obs.cold_start_seconds),
         "metricsAgeSeconds": rounded(obs.metrics_age_seconds, 3) if decision.metrics_available else None,
+        "scrapeIntervalSeconds": rounded(scrape_interval, 3),
+        "rateWindow": rate_window,
+        "serviceCVResolved": (metrics.service_cv_resolved if metrics and metrics.service_time is not None else None),
         "constraint": decision.constraint,
         "reason": decision.reason,
         "costPerHour": f"{decision.cost_per_hour(policy):.2f} {config.currency}",
