@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from inferencepool.operator import handlers
 from inferencepool.operator.metrics import OperatorMetrics
-from test_handlers import FakeKube, FakeReader, Pool, metrics  # noqa: F401 (the same world as the handler tests)
+from test_handlers import SPEC, FakeKube, FakeReader, Pool, metrics  # noqa: F401 (the same world as the handler tests)
 
 import pytest
 
@@ -28,8 +28,9 @@ def samples(registry, name) -> dict:
     return {tuple(sorted(s.labels.items())): s.value for m in registry.collect() for s in m.samples if s.name == name}
 
 
-def condition(registry, kind) -> dict:
-    return {dict(k)["reason"]: v for k, v in samples(registry, "inferencepool_condition").items() if dict(k)["type"] == kind}
+def condition(registry, kind, pool="llama") -> dict:
+    return {dict(k)["reason"]: v for k, v in samples(registry, "inferencepool_condition").items()
+            if dict(k)["type"] == kind and dict(k)["pool"] == pool}
 
 
 def test_conditions_target_observed_and_cost_are_exported(world):
@@ -47,11 +48,21 @@ def test_conditions_target_observed_and_cost_are_exported(world):
     assert samples(registry, "inferencepool_slo_target_seconds") == {labels: 2.0}
     assert samples(registry, "inferencepool_observed_slo_seconds") == {labels: status["observedWaitSeconds"]}
     assert 1.0 < status["observedWaitSeconds"] <= 2.5
+    assert samples(registry, "inferencepool_forecast_rate") == {}  # prediction off in SPEC
+
+    ahead = Pool({**SPEC, "prediction": {"enabled": True, "horizon": 60}})
+    ahead.raw["metadata"]["name"] = "ahead"
+    reader.pools = {("serving", "ahead"): metrics(rate=5.0, service=1.0)[("serving", "llama")]}
+    ahead_status = ahead.tick(operator)
+    assert samples(registry, "inferencepool_forecast_rate") == {
+        (("namespace", "serving"), ("pool", "ahead")): pytest.approx(ahead_status["forecastRate"], rel=1e-3)}
+    reader.pools = metrics(rate=100.0, service=1.0, queue_buckets=wait)
 
     reader.pools = {}  # metrics gone: the reason changes, the old reason's series goes
     pool.tick(operator)
     assert condition(registry, "MetricsAvailable") == {"MetricsMissing": 0.0}
     assert samples(registry, "inferencepool_observed_slo_seconds") == {}
 
-    operator.forget(body=type("B", (), {"metadata": type("M", (), {"namespace": "serving", "name": "llama"})})())
+    for name in ("llama", "ahead"):
+        operator.forget(body=type("B", (), {"metadata": type("M", (), {"namespace": "serving", "name": name})})())
     assert samples(registry, "inferencepool_condition") == {} and samples(registry, "inferencepool_cost_per_hour") == {}

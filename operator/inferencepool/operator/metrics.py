@@ -78,6 +78,8 @@ class OperatorMetrics:
                                 registry=r),
                 "observed": Gauge("inferencepool_observed_slo_seconds", "Observed queue wait or TTFT (the SLO's metric) at "
                                   "the SLO percentile over the rate window; absent when unknown.", POOL, registry=r),
+                "forecast": Gauge("inferencepool_forecast_rate", "The forecast's upper quantile of the arrival rate over "
+                                  "the horizon, requests per second; absent with prediction off.", POOL, registry=r),
                 "cost": Gauge("inferencepool_cost_per_hour", "Cost per hour of the desired replicas, in the pool's "
                               "currency (spec.cost).", POOL, registry=r),
             }
@@ -85,7 +87,7 @@ class OperatorMetrics:
         return self._status
 
     def record_status(self, namespace: str, pool: str, spec, decision, conditions, status) -> None:
-        """Conditions, SLO target, observed SLO statistic and cost per hour of one decision."""
+        """Conditions, SLO target, observed SLO statistic, forecast and cost per hour of one decision."""
         g, labels = self._status_gauges(), (namespace, pool)
         for c in conditions:
             key = (*labels, c["type"])
@@ -96,20 +98,21 @@ class OperatorMetrics:
             g["condition"].labels(*key, c["reason"]).set(1 if c["status"] == "True" else 0)
         g["target"].labels(*labels).set(spec.slo_target_seconds)
         observed = status.get("observedTTFTSeconds" if spec.slo_metric == "ttft" else "observedWaitSeconds")
-        if observed is None:
-            try:
-                g["observed"].remove(*labels)
-            except KeyError:
-                pass
-        else:
-            g["observed"].labels(*labels).set(observed)
+        for name, value in (("observed", observed), ("forecast", decision.forecast_rate)):
+            if value is None:
+                try:
+                    g[name].remove(*labels)
+                except KeyError:
+                    pass
+            else:
+                g[name].labels(*labels).set(value)
         g["cost"].labels(*labels).set(decision.cost_per_hour(spec))
 
     def forget_status(self, namespace: str, pool: str) -> None:
         g = self._status_gauges()
         for key in [k for k in self._reasons if k[:2] == (namespace, pool)]:
             g["condition"].remove(*key, self._reasons.pop(key))
-        for name in ("target", "observed", "cost"):
+        for name in ("target", "observed", "forecast", "cost"):
             try:
                 g[name].remove(namespace, pool)
             except KeyError:
