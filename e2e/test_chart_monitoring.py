@@ -235,12 +235,22 @@ def test_dashboard_panels_return_series_and_alerts_fire_on_the_bed(cluster, crd,
         cluster.wait_until(lambda: ("InferencePoolOperatorDown", "") in alerts_firing(prom), timeout=60,
                            desc="operator-down alert firing")
     finally:
+        if op.proc and op.proc.poll() is None:  # the operator removes its finalizer
+            cluster.kubectl("-n", namespace, "delete", "ipool", "--all", "--wait=true", "--timeout=60s", check=False)
         op.stop()
+        release_pools(cluster, namespace)
         exporter.stop()
         prom.stop()
         log = tmp_path / "operator.log"
         if log.exists():
             print("---- operator log (tail) ----\n" + log.read_text()[-6000:])
+
+
+def release_pools(cluster, namespace: str) -> None:
+    """Pools left after a failure: drop Kopf's finalizer, so the namespace can go without an operator."""
+    for pool in cluster.kubectl_json("-n", namespace, "get", "ipool")["items"]:
+        cluster.kubectl("-n", namespace, "patch", "ipool", pool["metadata"]["name"], "--type=merge",
+                        "-p", '{"metadata":{"finalizers":null}}', check=False)
 
 
 @pytest.fixture(scope="module")
