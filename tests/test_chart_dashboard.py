@@ -70,6 +70,6 @@ def test_every_operator_metric_used_is_exported():
 
 def test_the_configmap_ships_this_file_with_the_sidecar_label():
     template = (CHART / "templates" / "dashboard.yaml").read_text()
-    assert '.Files.Get "dashboards/inferencepool.json"' in template and ".Values.dashboards.enabled" in template
+    assert '.Files.Get "dashboards/inferencepool.json"' in template and "(.Values.dashboards | default dict).enabled" in template
     values = (CHART / "values.yaml").read_text()
     assert 'grafana_dashboard: "1"' in values
