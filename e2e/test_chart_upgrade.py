@@ -74,6 +74,11 @@ def test_helm_upgrade_keeps_the_pool_and_the_operator_resumes(cluster, namespace
     expected = robust_answer(rate, service, 4, 1.0, 0.99)
     sets = ["--set", "prometheus.url=http://127.0.0.1:1"]
     # As on a fresh cluster, the old release's `helm install` creates the CRD (only a CRD that does not exist).
+    # Pools other tests left behind without an operator would hold the deletion up on Kopf's finalizer.
+    listed = cluster.kubectl("get", "ipool", "--all-namespaces", "-o", "json", check=False)
+    for pool in json.loads(listed.stdout)["items"] if listed.returncode == 0 else []:
+        cluster.kubectl("-n", pool["metadata"]["namespace"], "patch", "ipool", pool["metadata"]["name"],
+                        "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     cluster.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=true", timeout=180)
     cluster.helm("install", release, str(previous_chart), "--namespace", namespace, "--wait", "--timeout", "120s", *sets)
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
