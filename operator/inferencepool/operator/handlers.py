@@ -214,6 +214,7 @@ class Operator:
         )
         self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
         self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
+        self.metrics.record_status(namespace, name, config.policy, decision, conditions_now, patch.status)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     def forget(self, body, **_) -> None:

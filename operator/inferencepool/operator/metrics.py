@@ -60,6 +60,60 @@ class OperatorMetrics:
         for metric in (self.decisions, self.wait_exceeds):
             for labels in [k for k in list(metric._metrics) if k[:2] == (namespace, pool)]:  # noqa: SLF001
                 metric.remove(*labels)
+        self.forget_status(namespace, pool)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)
+
+    # ---------------------------------------------------------------- what the chart's alerts and dashboard read
+
+    def _status_gauges(self) -> dict:
+        """Created on first use, so the gauges above keep their place (and their tests) unchanged."""
+        if not hasattr(self, "_status"):
+            r = self.registry
+            self._status = {
+                "condition": Gauge("inferencepool_condition", "A pool's condition: 1 True, 0 False; the reason as a label.",
+                                   (*POOL, "type", "reason"), registry=r),
+                "target": Gauge("inferencepool_slo_target_seconds", "The pool's SLO target (queue wait or TTFT).", POOL,
+                                registry=r),
+                "observed": Gauge("inferencepool_observed_slo_seconds", "Observed queue wait or TTFT (the SLO's metric) at "
+                                  "the SLO percentile over the rate window; absent when unknown.", POOL, registry=r),
+                "forecast": Gauge("inferencepool_forecast_rate", "The forecast's upper quantile of the arrival rate over "
+                                  "the horizon, requests per second; absent with prediction off.", POOL, registry=r),
+                "cost": Gauge("inferencepool_cost_per_hour", "Cost per hour of the desired replicas, in the pool's "
+                              "currency (spec.cost).", POOL, registry=r),
+            }
+            self._reasons: dict[tuple, str] = {}
+        return self._status
+
+    def record_status(self, namespace: str, pool: str, spec, decision, conditions, status) -> None:
+        """Conditions, SLO target, observed SLO statistic, forecast and cost per hour of one decision."""
+        g, labels = self._status_gauges(), (namespace, pool)
+        for c in conditions:
+            key = (*labels, c["type"])
+            old = self._reasons.get(key)
+            if old is not None and old != c["reason"]:
+                g["condition"].remove(*key, old)
+            self._reasons[key] = c["reason"]
+            g["condition"].labels(*key, c["reason"]).set(1 if c["status"] == "True" else 0)
+        g["target"].labels(*labels).set(spec.slo_target_seconds)
+        observed = status.get("observedTTFTSeconds" if spec.slo_metric == "ttft" else "observedWaitSeconds")
+        for name, value in (("observed", observed), ("forecast", decision.forecast_rate)):
+            if value is None:
+                try:
+                    g[name].remove(*labels)
+                except KeyError:
+                    pass
+            else:
+                g[name].labels(*labels).set(value)
+        g["cost"].labels(*labels).set(decision.cost_per_hour(spec))
+
+    def forget_status(self, namespace: str, pool: str) -> None:
+        g = self._status_gauges()
+        for key in [k for k in self._reasons if k[:2] == (namespace, pool)]:
+            g["condition"].remove(*key, self._reasons.pop(key))
+        for name in ("target", "observed", "forecast", "cost"):
+            try:
+                g[name].remove(namespace, pool)
+            except KeyError:
+                pass

@@ -71,6 +71,12 @@ def _policies(text: str) -> tuple[str, ...]:
     return names
 
 
+def _columns(text: str) -> dict[str, str]:
+    from inferencepool.simulate.formats import parse_columns
+
+    return parse_columns(text)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `simulate` on an argparse subparsers object."""
     parser = subparsers.add_parser(
@@ -85,8 +91,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     duration = _typed(_positive(parse_duration))
     g = parser.add_argument_group("trace")
-    g.add_argument("--trace", type=Path, help="CSV or CSV.gz with TIMESTAMP,ContextTokens,GeneratedTokens, or a rate "
-                   "trace window_start_seconds,rate_rps (Poisson arrivals); default: the bundled Azure code trace")
+    g.add_argument("--trace", type=Path, help="a request trace, gzipped or not: Azure LLM 2023/2024 CSV, Mooncake JSONL, "
+                   "BurstGPT CSV, any CSV/JSONL with --columns, or a ServeGen rate series window_start_seconds,rate_rps "
+                   "(Poisson arrivals); default: the bundled Azure code trace")
+    g.add_argument("--format", choices=("auto", "azure", "mooncake", "burstgpt", "servegen", "columns"), default="auto",
+                   help="the trace's format (default auto: sniffed from the header or the first JSON line)")
+    g.add_argument("--columns", type=_typed(_columns), metavar="time=COL,input=COL,output=COL",
+                   help="read any CSV or JSONL: which column holds the arrival time, prompt tokens and output tokens")
+    g.add_argument("--time-unit", choices=("s", "ms", "us", "ns"),
+                   help="unit of a numeric --columns time column (default s; ISO date-times are recognised)")
     g.add_argument("--time-scale", type=_typed(_positive(float)), default=1.0, metavar="K",
                    help="compress time: divide every timestamp by K (rates x K) so bursts get shorter than a cold start")
     g.add_argument("--rate-scale", type=_typed(_positive(float)), default=1.0, metavar="R",
@@ -137,7 +150,8 @@ def build(args: argparse.Namespace):
     from inferencepool.simulate.fleet import FleetConfig, ServiceModel
 
     rng = np.random.default_rng([args.seed, 2])
-    trace = tr.load(args.trace, rng=rng, rate_scale=args.rate_scale)
+    trace = tr.load(args.trace, rng=rng, rate_scale=args.rate_scale, format=None if args.format == "auto" else args.format,
+                    columns=args.columns, time_unit=args.time_unit)
     trace = tr.compress_time(tr.repeat(trace, args.repeat), args.time_scale)
     if len(trace) < 2:
         raise ValueError("the trace has fewer than two requests")

@@ -5,12 +5,13 @@ A trace is three numpy arrays, not a list of request objects, so a week of reque
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+
+from inferencepool.simulate import formats
 
 BUNDLED_NAME = "azure-llm-2023-code.csv.gz"
 BUNDLED_LABEL = "Azure LLM inference trace 2023, code (bundled; Patel et al., Splitwise, ISCA 2024; CC-BY-4.0)"
@@ -37,36 +38,26 @@ def bundled_path() -> Path:
     return Path(str(files("inferencepool") / "data" / BUNDLED_NAME))
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
-
-
 def load(path: str | Path | None = None, rng: np.random.Generator | None = None, rate_scale: float = 1.0,
-         seconds: float | None = None) -> Trace:
-    """A request trace (TIMESTAMP, ContextTokens, GeneratedTokens) or a rate trace (window_start_seconds, rate_rps).
+         seconds: float | None = None, format: str | None = None, columns: dict[str, str] | None = None,
+         time_unit: str | None = None) -> Trace:
+    """A request trace in any format formats.read knows (Azure, Mooncake, BurstGPT, a column map) or a rate trace
+    (window_start_seconds, rate_rps).
 
     The request rate is multiplied by `rate_scale` (see scale_rate) and only the first `seconds` are kept. A
     rate trace becomes Poisson arrivals at each window's scaled rate, with token counts drawn from the bundled trace.
     """
     rng = rng or np.random.default_rng(0)
     path = Path(path) if path is not None else bundled_path()
-    with _open_text(path) as f:
-        header = [c.strip() for c in f.readline().split(",")]
-        table = np.loadtxt(f, delimiter=",", dtype=str, ndmin=2)
+    loaded = formats.read(path, format=format, columns=columns, time_unit=time_unit)
     name = BUNDLED_LABEL if path == bundled_path() else path.name
-    if "TIMESTAMP" in header:
-        column = {c: i for i, c in enumerate(header)}
-        stamps = table[:, column["TIMESTAMP"]].astype("datetime64[ns]")
-        order = np.argsort(stamps, kind="stable")
-        since_first = (stamps[order] - stamps[order[0]]).astype(np.int64) / 1e9
-        trace = Trace(
-            name=name,
-            arrivals=since_first,
-            prompt_tokens=table[order, column["ContextTokens"]].astype(np.int64),
-            output_tokens=table[order, column["GeneratedTokens"]].astype(np.int64),
-        )
+    if isinstance(loaded, formats.Requests):
+        trace = Trace(name=name if loaded.format == "azure" else f"{name} ({formats.LABELS[loaded.format]})",
+                      arrivals=loaded.arrivals, prompt_tokens=loaded.prompt_tokens,
+                      output_tokens=loaded.output_tokens, notes=loaded.notes)
         trace = trace if seconds is None else clip(trace, seconds)
         return scale_rate(trace, rate_scale, rng)
+    header, table = loaded.header, loaded.table
     if "rate_rps" in header:
         column = {c: i for i, c in enumerate(header)}
         starts = table[:, column["window_start_seconds"]].astype(float)
@@ -75,7 +66,7 @@ def load(path: str | Path | None = None, rng: np.random.Generator | None = None,
         trace = from_rates(starts[keep], rates[keep], load(None), rng, name=name)
         note = f"rates x{rate_scale:g}" + (f", first {seconds / 86400:g} days" if seconds is not None else "")
         return replace(trace, notes=(note + "; " + trace.notes[0],))
-    raise ValueError(f"{path}: expected columns TIMESTAMP,ContextTokens,GeneratedTokens or window_start_seconds,rate_rps")
+    raise formats.TraceFileError(path, "not a rate series")  # formats.read returns no other RateSeries
 
 
 def from_rates(starts: np.ndarray, rates: np.ndarray, tokens: Trace, rng: np.random.Generator, name: str = "rates",
