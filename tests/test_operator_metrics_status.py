@@ -60,7 +60,7 @@ def test_conditions_target_observed_and_cost_are_exported(world):
 
     reader.pools = {}  # metrics gone: the reason changes, the old reason's series goes
     pool.tick(operator)
-    assert condition(registry, "MetricsAvailable") == {"MetricsMissing": 0.0}
+    assert condition(registry, "MetricsAvailable") == {"NoVllmSeries": 0.0}  # no series at all for the pool
     assert samples(registry, "inferencepool_observed_slo_seconds") == {}
 
     for name in ("llama", "ahead"):
