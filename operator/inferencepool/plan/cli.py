@@ -13,7 +13,7 @@ from typing import Callable
 
 from inferencepool.core.units import format_duration, parse_duration, parse_rate, parse_slo
 from inferencepool.plan.planner import (
-    DEFAULT_GPU_HOUR_PRICE, HOURS_PER_MONTH, ApiPricing, Requirements, make_plan, plan_to_dict,
+    DEFAULT_GPU_HOUR_PRICE, HOURS_PER_MONTH, MAX_OFFERED_LOAD, ApiPricing, Requirements, make_plan, plan_to_dict,
 )
 
 
@@ -148,6 +148,10 @@ def _plan_inputs(args: argparse.Namespace):
         raise ValueError(f"--slo target must be > 0, got '{args.slo}'")
     if args.min_replicas is not None and args.max_replicas is not None and args.min_replicas > args.max_replicas:
         raise ValueError(f"--min-replicas {args.min_replicas} is above --max-replicas {args.max_replicas}")
+    load = args.arrival_rate * args.service_time
+    if not load <= MAX_OFFERED_LOAD:
+        raise ValueError(f"--arrival-rate x --service-time is {load:.3g} Erlangs of offered load, above "
+                         f"{MAX_OFFERED_LOAD:g}: check their units, e.g. 100/min and 15s")
     given = [dest for dest in _API_FLAGS if getattr(args, dest) is not None]
     api = None
     if given:
