@@ -7,7 +7,9 @@ the worst-case time per decision.
 3. The hypothesis corpus of tests/test_hostile_decide.py (tests/hostile.py), with more examples: crashes,
    out-of-bounds counts, unsafe scale-downs, and the slowest decide().
 
-    .venv/bin/python benchmarks/hostile_decide.py [--examples 2000]
+    .venv/bin/python benchmarks/hostile_decide.py [--examples 2000] [--cli-examples 1000]
+
+4. `inferencepool plan` with the hostile flags of tests/test_hostile_plan_cli.py: exits and tracebacks.
 
 To measure another checkout (e.g. before the fix), put its operator/ first:
 `PYTHONPATH=/path/to/checkout/operator .venv/bin/python benchmarks/hostile_decide.py --issue-only`.
@@ -119,9 +121,39 @@ def corpus(examples: int):
     return tally, worst
 
 
+def cli_corpus(examples: int):
+    """`inferencepool plan` with the property test's hostile flags: how many exit 0, exit 2, or crash."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    import test_hostile_plan_cli as t
+
+    tally = collections.Counter()
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(st.sampled_from(t.FLAGS), t.HOSTILE, min_size=1, max_size=4), st.booleans())
+    def run(hostile, as_json):
+        values = {**t.BASE, **hostile}
+        argv = [part for flag, value in values.items() for part in (flag, value)] + (["--json"] if as_json else [])
+        try:
+            code, _, err = t.run(argv)
+        except Exception:  # noqa: BLE001 - a traceback
+            tally["crashes"] += 1
+            return
+        tally["cases"] += 1
+        tally[f"exit {code}"] += 1
+        if code == 2 and len(err.strip().splitlines()) != 1:
+            tally["not one line"] += 1
+
+    run()
+    return tally
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000, help="hypothesis examples for the corpus")
+    parser.add_argument("--cli-examples", type=int, default=1000, help="hypothesis examples for `plan` flags")
     parser.add_argument("--issue-only", action="store_true", help="only parts 1 and 2 (works on older checkouts)")
     args = parser.parse_args()
 
@@ -138,6 +170,10 @@ def main() -> None:
     crashes = {k: v for k, v in tally.items() if k.startswith("crash ")}
     if crashes:
         print("  crashes by type:", crashes)
+    cli = cli_corpus(args.cli_examples)
+    print(f"plan CLI: {cli['cases'] + cli['crashes']} cases, {cli['crashes']} tracebacks, {cli['exit 0']} exit 0, "
+          f"{cli['exit 2']} exit 2 ({cli['not one line']} not one line), other exits "
+          f"{sum(v for k, v in cli.items() if k.startswith('exit ') and k not in ('exit 0', 'exit 2'))}")
     if case is not None:
         spec, obs = case
         print(f"  slowest case: cap {spec.replica_cap}, slots {spec.slots_per_replica}, rate {obs.arrival_rate!r}, "

@@ -46,6 +46,7 @@ def run(argv: list[str]) -> tuple[int, str, str]:
 @example({"--arrival-rate": "1e308/s", "--service-time": "1e308s"}, False)  # the load overflowed
 @example({"--arrival-rate": "1e300/s"}, True)  # numpy "Maximum allowed size exceeded"
 @example({"--max-utilization": "1e-300"}, False)
+@example({"--service-cv": "1e308"}, True)  # OverflowError squaring it, found by benchmarks/hostile_decide.py
 @example({"--api-price-input": "1e308", "--api-price-output": "1e308", "--input-tokens": "1e308",
           "--output-tokens": "1e308"}, False)
 @example({"--api-price-input": "1e-300", "--api-price-output": "0", "--input-tokens": "1e-300",

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 APPROXIMATIONS = ("corrected", "allen-cunneen")
+MAX_CV = 1e6  # coefficients of variation above this are no workload, and their squares would overflow
 
 
 class UnstableQueue(ValueError):
@@ -336,6 +337,9 @@ class Queue:
             object.__setattr__(self, name, _nonnegative(name, getattr(self, name)))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (mean requests per batch), got {self.batch_size!r}")
+        for name in ("arrival_cv", "service_cv", "batch_cv"):
+            if getattr(self, name) > MAX_CV:
+                raise ValueError(f"{name} must be <= {MAX_CV:g} (its square feeds the maths), got {getattr(self, name)!r}")
         if not math.isfinite(self.arrival_rate * self.service_time):
             raise ValueError(f"offered load arrival_rate x service_time overflows: {self.arrival_rate!r} x {self.service_time!r}")
         if self.approximation not in APPROXIMATIONS:
