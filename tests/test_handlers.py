@@ -34,6 +34,7 @@ class FakeKube:
         self.applied: list[str] = []
         self.scaled: list[int] = []
         self.pod_list: list[dict] = []
+        self.calls: list[tuple] = []  # ("annotate", pod, annotations) and ("scale", replicas), in order
 
     def apply(self, manifest):
         key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
@@ -49,7 +50,14 @@ class FakeKube:
     def pods(self, namespace, name):
         return self.pod_list
 
+    def annotate_pod(self, namespace, name, annotations):
+        self.calls.append(("annotate", name, dict(annotations)))
+        for pod in self.pod_list:
+            if pod["metadata"]["name"] == name:
+                pod["metadata"].setdefault("annotations", {}).update(annotations)
+
     def scale(self, namespace, name, replicas, manager=handlers.SCALER_MANAGER):
+        self.calls.append(("scale", replicas))
         live = self.deployments[(namespace, name)]
         live["spec"]["replicas"] = replicas
         live["metadata"]["managedFields"] = [{"manager": manager, "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
@@ -69,6 +77,19 @@ class FakeReader:
         if isinstance(self.pools, Exception):
             raise self.pools
         return self.pools
+
+
+class FakeRunning:
+    """Per-pod running requests, as drain.RunningReader returns them."""
+
+    def __init__(self):
+        self.running: dict[str, float] = {}
+        self.asked: list[tuple] = []
+        self.last_error = None
+
+    def read(self, url, namespace, pool, matchers=""):
+        self.asked.append((url, namespace, pool, matchers))
+        return dict(self.running)
 
 
 class Pool:
@@ -106,7 +127,7 @@ def events(monkeypatch):
 def world():
     kube, reader = FakeKube(), FakeReader()
     config = handlers.OperatorConfig(interval=3)
-    operator = handlers.Operator(config, reader, kube, OperatorMetrics(CollectorRegistry()))
+    operator = handlers.Operator(config, reader, kube, OperatorMetrics(CollectorRegistry()), running=FakeRunning())
     return operator, kube, reader
 
 
@@ -316,3 +337,56 @@ def test_a_new_deployment_starts_at_the_warm_floor():
     kube.scale("serving", "llama", 5)
     pool.tick(operator, handler="ensure")  # a later apply leaves the count to the scaler
     assert live["spec"]["replicas"] == 5 and kube.applied == ["Deployment", "Service", "Deployment", "Service"]
+
+
+def _pod(name, cost=None, terminating=False):
+    meta = {"name": name, "annotations": {} if cost is None else {"controller.kubernetes.io/pod-deletion-cost": cost}}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def _scaled_up_then_down(operator, kube, reader):
+    """A pool scaled up whose load falls so that the next tick removes one replica."""
+    pool = Pool({**SPEC, "scaleDown": {"stabilizationWindowSeconds": 0, "maxStep": 1}})
+    reader.pools = metrics(rate=6.0, service=1.0)
+    pool.tick(operator)
+    up = kube.scaled[-1]
+    kube.set_ready(up)
+    kube.calls.clear()
+    reader.pools = metrics(rate=0.5, service=1.0)
+    pool.tick(operator)
+    return up
+
+
+def test_scale_down_first_marks_the_idlest_pods(world, events):
+    operator, kube, reader = world
+    kube.pod_list = [_pod("a"), _pod("b", cost="7"), _pod("c", cost="1"), _pod("d"), _pod("gone", terminating=True)]
+    operator.running.running = {"a": 5.0, "b": 0.4, "c": 1.0, "gone": 0.0}  # d: no series
+    up = _scaled_up_then_down(operator, kube, reader)
+    assert up >= 2 and kube.scaled[-1] == up - 1
+    # a and b change, c already right, d has no data and keeps its annotation, the terminating pod is left alone
+    assert kube.calls == [
+        ("annotate", "a", {"controller.kubernetes.io/pod-deletion-cost": "5"}),
+        ("annotate", "b", {"controller.kubernetes.io/pod-deletion-cost": "0"}),
+        ("scale", up - 1),
+    ]
+    assert operator.running.asked == [(None, "serving", "llama", "")]
+
+
+def test_no_per_pod_data_leaves_the_annotations_and_still_scales_down(world, events):
+    operator, kube, reader = world
+    kube.pod_list = [_pod("a", cost="3"), _pod("b")]
+    up = _scaled_up_then_down(operator, kube, reader)
+    assert kube.calls == [("scale", up - 1)]
+    assert kube.pod_list[0]["metadata"]["annotations"] == {"controller.kubernetes.io/pod-deletion-cost": "3"}
+
+
+def test_scale_up_and_hold_read_no_per_pod_data(world, events):
+    operator, kube, reader = world
+    kube.pod_list = [_pod("a")]
+    reader.pools = metrics(rate=12.0, service=1.5)
+    pool = Pool()
+    pool.tick(operator)
+    pool.tick(operator)
+    assert operator.running.asked == [] and not any(c[0] == "annotate" for c in kube.calls)

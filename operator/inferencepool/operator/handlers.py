@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from inferencepool.operator import logs, observe, spec as pool_spec, status as pool_status, workload
+from inferencepool.operator import drain, logs, observe, spec as pool_spec, status as pool_status, workload
 from inferencepool.core import policy
 from inferencepool.operator.metrics import OperatorMetrics
 
@@ -71,6 +71,10 @@ class Kube:
         selector = ",".join(f"{k}={v}" for k, v in workload.selector(pool_name).items())
         return self._plain(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
 
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """A merge patch of the pod's annotations (the deletion cost), nothing else."""
+        self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": dict(annotations)}})
+
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Server-side apply of spec.replicas alone, under its own field manager, so that managedFields
         tell who set the count last (the scale subresource does not record an owner for a field that
@@ -99,11 +103,13 @@ def replicas_manager(deployment: Mapping) -> str | None:
 class Operator:
     """The handlers' bodies, with their dependencies passed in (so they can be driven without kopf)."""
 
-    def __init__(self, config: OperatorConfig, reader: observe.PrometheusReader, kube: Kube, metrics: OperatorMetrics):
+    def __init__(self, config: OperatorConfig, reader: observe.PrometheusReader, kube: Kube, metrics: OperatorMetrics,
+                 running: drain.RunningReader | None = None):
         self.config = config
         self.reader = reader
         self.kube = kube
         self.metrics = metrics
+        self.running = running or drain.RunningReader(config.prometheus_url, config.query)
 
     # ------------------------------------------------------------ helpers
 
@@ -130,6 +136,20 @@ class Operator:
         self.kube.apply(deployment)
         self.kube.apply(workload.service(body, config))
         return deployment
+
+    def _mark_idlest(self, namespace: str, name: str, config: pool_spec.PoolConfig, pods: list[dict]) -> dict[str, str]:
+        """Before a scale-down: each pod's deletion cost = its running requests, so the idlest go first.
+        Without per-pod data the annotations stay as they are. Returns the costs it set."""
+        running = self.running.read(config.prometheus_url, namespace, name, config.matchers)
+        costs = drain.deletion_costs(pods, running)
+        for pod, cost in costs.items():
+            try:
+                self.kube.annotate_pod(namespace, pod, {drain.DELETION_COST: cost})
+            except Exception as error:  # noqa: BLE001 - a pod gone meanwhile; the scale-down still happens
+                log.warning("deletion cost not set", namespace=namespace, pool=name, pod=pod, error=str(error))
+        log.info("deletion costs", namespace=namespace, pool=name, running=running, set=costs,
+                 error=self.running.last_error if not running else None)
+        return costs
 
     # ------------------------------------------------------------ handlers
 
@@ -177,6 +197,8 @@ class Operator:
         history = policy.History.from_dict(pool_status.history_from_status(status))
         decision = policy.decide(config.policy, obs, history)
 
+        if decision.replicas < live_replicas:
+            self._mark_idlest(namespace, name, config, pods)
         if decision.replicas != live_replicas:
             self.kube.scale(namespace, name, decision.replicas)
         if hand_edited and decision.replicas != live_replicas:
