@@ -32,21 +32,37 @@ GOLDEN = (math.sqrt(5) - 1) / 2
 class VllmSeries:
     """vLLM's series for one engine, with the names and buckets `vllm serve` exports (what observe.py reads)."""
 
-    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str], per_pod: bool = False):
         names = tuple(labels)
 
         def histogram(name, doc, buckets):
             return Histogram(name, doc, names, buckets=buckets, registry=registry).labels(**labels)
 
-        self.success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"),
-                               registry=registry).labels(**labels, finished_reason="stop")
-        self.running = Gauge("vllm:num_requests_running", "Requests running.", names, registry=registry).labels(**labels)
+        success = Counter("vllm:request_success", "Finished requests.", (*names, "finished_reason"), registry=registry)
+        self.success = success.labels(**labels, finished_reason="stop")
+        self.aborted = success.labels(**labels, finished_reason="abort")  # vLLM's reason for a cut-off request
+        # per_pod: one running series per pod (label `pod`), as Prometheus has it from each vLLM pod's scrape
+        running = Gauge("vllm:num_requests_running", "Requests running.", (*names, "pod") if per_pod else names,
+                        registry=registry)
+        self.running_by_pod = running if per_pod else None
+        self.running = None if per_pod else running.labels(**labels)
+        self._labels = labels
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting.", names, registry=registry).labels(**labels)
         self.inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
         self.queue = histogram("vllm:request_queue_time_seconds", "WAITING phase time.", LATENCY_BUCKETS)
         self.prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+
+    def pod_running(self, pod: str, value: float | None) -> None:
+        """Set one pod's running series (per_pod), or drop it (None) once the pod is gone."""
+        if value is None:
+            try:
+                self.running_by_pod.remove(*self._labels.values(), pod)
+            except KeyError:
+                pass
+        else:
+            self.running_by_pod.labels(**self._labels, pod=pod).set(value)
 
     def finished(self, wait: float, inference: float, prefill: float) -> None:
         """One finished request, in every histogram, as vLLM records it."""
