@@ -118,12 +118,12 @@ def test_scale_down_removes_the_idlest_pods_and_drains_in_flight_requests(  # no
 
 
 EXTRA_ARGS_REFUSED = [
-    (["--port", "9000"], "--port (the operator sets it): use spec.engine.port"),
-    (["--max_num_seqs=8"], "--max-num-seqs (the operator sets it): use spec.slotsPerReplica"),
-    (["-tp", "2"], "--tensor-parallel-size (the operator sets it): use spec.gpu.perReplica"),
-    (["--disable-log-stats"], "--disable-log-stats (the operator sets it): remove it"),
-    (["--served-model-name=x"], "--served-model-name (the operator sets it): use spec.model.name"),
-    (["--shutdown-timeout", "5"], "--shutdown-timeout (the operator sets it): use spec.drain.gracePeriodSeconds"),
+    (["--port", "9000"], "--port: the operator sets it: use spec.engine.port"),
+    (["--max_num_seqs=8"], "--max-num-seqs: the operator sets it: use spec.slotsPerReplica"),
+    (["-tp", "2"], "--tensor-parallel-size: the operator sets it: use spec.gpu.perReplica"),
+    (["--disable-log-stats"], "--disable-log-stats: the operator sizes the pool from the engine metrics it turns off"),
+    (["--served-model-name=x"], "--served-model-name: the operator sets it: use spec.model.name"),
+    (["--shutdown-timeout", "5"], "--shutdown-timeout: the operator sets it: use spec.drain.gracePeriodSeconds"),
 ]
 
 

@@ -37,12 +37,20 @@ class FakeKube:
         self.calls: list[tuple] = []  # ("annotate", pod, annotations) and ("scale", replicas), in order
 
     def apply(self, manifest):
+        """Server-side apply of the template manager, with its rule for spec.replicas: applying it makes
+        the manager an owner; omitting it drops the manager's claim, and a field nobody owns is removed
+        (the Deployment falls back to Kubernetes' default of 1)."""
         key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
         self.applied.append(manifest["kind"])
         if manifest["kind"] == "Deployment":
-            replicas = manifest["spec"].get("replicas", 1)  # Kubernetes' default when nobody sets it
-            live = self.deployments.setdefault(key, {"spec": {"replicas": replicas}, "status": {}, "metadata": {}})
-            live["metadata"] = {**copy.deepcopy(manifest["metadata"]), "managedFields": live["metadata"].get("managedFields", [])}
+            live = self.deployments.setdefault(key, {"spec": {"replicas": 1}, "status": {}, "metadata": {}})
+            fields = [e for e in live["metadata"].get("managedFields", []) if e["manager"] != handlers.FIELD_MANAGER]
+            if "replicas" in manifest["spec"]:
+                live["spec"]["replicas"] = manifest["spec"]["replicas"]
+                fields.append({"manager": handlers.FIELD_MANAGER, "fieldsV1": {"f:spec": {"f:replicas": {}}}})
+            elif not handlers.replicas_managers({"metadata": {"managedFields": fields}}):
+                live["spec"]["replicas"] = 1
+            live["metadata"] = {**copy.deepcopy(manifest["metadata"]), "managedFields": fields}
 
     def deployment(self, namespace, name):
         return copy.deepcopy(self.deployments.get((namespace, name)))
@@ -55,6 +63,12 @@ class FakeKube:
         for pod in self.pod_list:
             if pod["metadata"]["name"] == name:
                 pod["metadata"].setdefault("annotations", {}).update(annotations)
+
+    def own_replicas(self, namespace, name, replicas):
+        live = self.deployments[(namespace, name)]
+        assert live["spec"]["replicas"] == replicas  # a claim, not a change
+        live["metadata"]["managedFields"].append(
+            {"manager": handlers.SCALER_MANAGER, "fieldsV1": {"f:spec": {"f:replicas": {}}}})
 
     def scale(self, namespace, name, replicas, manager=handlers.SCALER_MANAGER):
         self.calls.append(("scale", replicas))
@@ -337,6 +351,22 @@ def test_a_new_deployment_starts_at_the_warm_floor():
     kube.scale("serving", "llama", 5)
     pool.tick(operator, handler="ensure")  # a later apply leaves the count to the scaler
     assert live["spec"]["replicas"] == 5 and kube.applied == ["Deployment", "Service", "Deployment", "Service"]
+
+
+def test_a_spec_change_never_resets_the_replica_count():
+    kube = FakeKube()
+    operator = handlers.Operator(handlers.OperatorConfig(), FakeReader(), kube, OperatorMetrics(CollectorRegistry()))
+    pool = Pool({**SPEC, "minReplicas": 3})
+    pool.tick(operator, handler="ensure")
+    (live,) = kube.deployments.values()
+    assert handlers.replicas_managers(live) == {handlers.FIELD_MANAGER, handlers.SCALER_MANAGER}
+    pool.raw["spec"]["slo"]["targetSeconds"] = 5  # any edit re-applies the template, which has no replicas
+    pool.tick(operator, handler="ensure")
+    assert live["spec"]["replicas"] == 3 and kube.scaled == []
+    # a Deployment created before the scaler co-owned its count: the scaler claims it before the apply
+    live["metadata"]["managedFields"] = [{"manager": handlers.FIELD_MANAGER, "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    pool.tick(operator, handler="ensure")
+    assert live["spec"]["replicas"] == 3 and handlers.SCALER_MANAGER in handlers.replicas_managers(live)
 
 
 def _pod(name, cost=None, terminating=False):

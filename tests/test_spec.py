@@ -124,12 +124,12 @@ def test_price_as_string_or_number(price):
         ("drain.gracePeriodSeconds", 30, "spec.drain.gracePeriodSeconds: must be between 60 and 86400"),
         ("drain.gracePeriodSeconds", 70, "spec.drain.gracePeriodSeconds: must be at least drain.deregisterSeconds + 60 (75)"),
         ("drain.deregisterSeconds", -1, "spec.drain.deregisterSeconds: must be between 0 and 600"),
-        ("engine.extraArgs", ['--port=9000'], "spec.engine.extraArgs: must not set --port (the operator sets it): use spec.engine.port"),
-        ("engine.extraArgs", ['--max_num_seqs'], "spec.engine.extraArgs: must not set --max-num-seqs (the operator sets it): use spec.slotsPerReplica"),
-        ("engine.extraArgs", ['-tp'], "spec.engine.extraArgs: must not set --tensor-parallel-size (the operator sets it): use spec.gpu.perReplica"),
-        ("engine.extraArgs", ['--disable-log-stats'], "spec.engine.extraArgs: must not set --disable-log-stats (the operator sets it): remove it"),
-        ("engine.extraArgs", [' --served-model-name'], "spec.engine.extraArgs: must not set --served-model-name (the operator sets it): use spec.model.name"),
-        ("engine.extraArgs", ['--shutdown-timeout=5'], "spec.engine.extraArgs: must not set --shutdown-timeout (the operator sets it): use spec.drain.gracePeriodSeconds"),
+        ("engine.extraArgs", ['--port=9000'], "spec.engine.extraArgs: must not set --port: the operator sets it: use spec.engine.port"),
+        ("engine.extraArgs", ['--max_num_seqs'], "spec.engine.extraArgs: must not set --max-num-seqs: the operator sets it: use spec.slotsPerReplica"),
+        ("engine.extraArgs", ['-tp'], "spec.engine.extraArgs: must not set --tensor-parallel-size: the operator sets it: use spec.gpu.perReplica"),
+        ("engine.extraArgs", ['--disable-log-stats'], "spec.engine.extraArgs: must not set --disable-log-stats: the operator sizes the pool from the engine metrics"),
+        ("engine.extraArgs", [' --served-model-name'], "spec.engine.extraArgs: must not set --served-model-name: the operator sets it: use spec.model.name"),
+        ("engine.extraArgs", ['--shutdown-timeout=5'], "spec.engine.extraArgs: must not set --shutdown-timeout: the operator sets it: use spec.drain.gracePeriodSeconds"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(path, value, message):
@@ -160,7 +160,7 @@ def _crd_extra_args_rules() -> dict[str, tuple[str, str]]:
 
 def test_crd_refuses_the_same_flags_as_the_parser():
     rules = _crd_extra_args_rules()
-    expected = {f"spec.engine.extraArgs must not set {flag} (the operator sets it): {fix}": pattern
+    expected = {f"spec.engine.extraArgs must not set {flag}: {fix}": pattern
                 for flag, pattern, fix in pool_spec.OWNED_ARGS}
     assert {message: pattern for message, (pattern, _) in rules.items()} == expected
 

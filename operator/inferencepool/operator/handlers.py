@@ -75,6 +75,10 @@ class Kube:
         """A merge patch of the pod's annotations (the deletion cost), nothing else."""
         self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": dict(annotations)}})
 
+    def own_replicas(self, namespace: str, name: str, replicas: int) -> None:
+        """The scaler's field manager claims spec.replicas at its current value (changes nothing else)."""
+        self.scale(namespace, name, replicas)
+
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Server-side apply of spec.replicas alone, under its own field manager, so that managedFields
         tell who set the count last (the scale subresource does not record an owner for a field that
@@ -89,6 +93,12 @@ class Kube:
 
 def _message(conditions, kind: str) -> str | None:
     return next((c.get("message") for c in conditions or () if c.get("type") == kind), None)
+
+
+def replicas_managers(deployment: Mapping) -> set[str]:
+    """Every field manager that owns the Deployment's spec.replicas (server-side apply can share a field)."""
+    return {entry.get("manager") for entry in (deployment.get("metadata") or {}).get("managedFields") or ()
+            if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})}
 
 
 def replicas_manager(deployment: Mapping) -> str | None:
@@ -128,12 +138,22 @@ class Operator:
             return None
 
     def _apply_workload(self, body, config: pool_spec.PoolConfig) -> dict:
+        namespace, name = body.metadata.namespace, body.metadata.name
         deployment = workload.deployment(body, config)
-        if self.kube.deployment(body.metadata.namespace, body.metadata.name) is None:
-            # A new Deployment starts at the warm floor, not at Kubernetes' default of 1 replica; later
-            # applies leave the count to the scaler's field manager.
+        live = self.kube.deployment(namespace, name)
+        if live is None:
+            # A new Deployment starts at the warm floor, not at Kubernetes' default of 1 replica, and the
+            # scaler's field manager co-owns that count from the start (below).
             deployment = {**deployment, "spec": {**deployment["spec"], "replicas": config.policy.min_replicas}}
-        self.kube.apply(deployment)
+            self.kube.apply(deployment)
+            self.kube.own_replicas(namespace, name, config.policy.min_replicas)
+        else:
+            owners = replicas_managers(live)
+            if FIELD_MANAGER in owners and SCALER_MANAGER not in owners:
+                # Server-side apply removes a field that its only owner stops applying: re-applying the
+                # template (no replicas) would drop the Deployment to 1 replica, deleting pods at random.
+                self.kube.own_replicas(namespace, name, int((live.get("spec") or {}).get("replicas") or 1))
+            self.kube.apply(deployment)
         self.kube.apply(workload.service(body, config))
         return deployment
 

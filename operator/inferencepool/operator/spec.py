@@ -60,15 +60,15 @@ _REQUIRED = object()
 # parse() refuses them too. vLLM reads `--max_num_seqs` as `--max-num-seqs` and keeps the *last* of two
 # copies of a flag (vllm/utils/argparse_utils.py, FlexibleArgumentParser), so a duplicate silently wins.
 OWNED_ARGS = (
-    ("--host", r"^--host(=|$)", "remove it: vLLM must listen on every address for the probes and the Service"),
-    ("--port", r"^--port(=|$)", "use spec.engine.port"),
-    ("--served-model-name", r"^--served[-_]model[-_]name(=|$)", "use spec.model.name"),
-    ("--model", r"^--model(=|$)", "use spec.model.source"),
-    ("--max-num-seqs", r"^--max[-_]num[-_]seqs(=|$)", "use spec.slotsPerReplica"),
-    ("--tensor-parallel-size", r"^(--tensor[-_]parallel[-_]size|-tp)(=|$)", "use spec.gpu.perReplica"),
+    ("--host", r"^--host(=|$)", "the operator sets it to 0.0.0.0 so the probes and the Service reach vLLM"),
+    ("--port", r"^--port(=|$)", "the operator sets it: use spec.engine.port"),
+    ("--served-model-name", r"^--served[-_]model[-_]name(=|$)", "the operator sets it: use spec.model.name"),
+    ("--model", r"^--model(=|$)", "the operator passes the model: use spec.model.source"),
+    ("--max-num-seqs", r"^--max[-_]num[-_]seqs(=|$)", "the operator sets it: use spec.slotsPerReplica"),
+    ("--tensor-parallel-size", r"^(--tensor[-_]parallel[-_]size|-tp)(=|$)", "the operator sets it: use spec.gpu.perReplica"),
     ("--disable-log-stats", r"^--disable[-_]log[-_]stats(=|$)",
-     "remove it: the operator sizes the pool from vLLM's engine metrics"),
-    ("--shutdown-timeout", r"^--shutdown[-_]timeout(=|$)", "use spec.drain.gracePeriodSeconds"),
+     "the operator sizes the pool from the engine metrics it turns off"),
+    ("--shutdown-timeout", r"^--shutdown[-_]timeout(=|$)", "the operator sets it: use spec.drain.gracePeriodSeconds"),
 )
 # Kubernetes resource.Quantity, without a sign (apimachinery's quantity pattern).
 QUANTITY = re.compile(r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
@@ -180,7 +180,7 @@ def _extra_args(spec: Mapping) -> tuple[str, ...]:
     for arg in args:
         for flag, pattern, fix in OWNED_ARGS:
             if re.search(pattern, arg.strip()):
-                raise SpecError("engine.extraArgs", f"must not set {flag} (the operator sets it): {fix}")
+                raise SpecError("engine.extraArgs", f"must not set {flag}: {fix}")
     return args
 
 
