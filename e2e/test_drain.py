@@ -85,8 +85,11 @@ def test_scale_down_removes_the_idlest_pods_and_drains_in_flight_requests(  # no
         cluster.wait_until(lambda: replicas(cluster, namespace, POOL) == 1, timeout=90, desc="scaled down to 1")
         cluster.wait_until(lambda: pod_names(cluster, namespace) == [a], timeout=60, desc="the deleted pods gone")
         cluster.wait_until(lambda: all(r.outcome for r in draining), timeout=DRAINING + 30, desc="C's requests finished")
-        aborted = prom.wait_for(f'sum(vllm:request_success_total{{pool="{POOL}", finished_reason="abort"}})', timeout=30)
+        # the exporter's counts, from a scrape after C's requests ended
+        ended = time.time()
+        prom.wait_for(f'timestamp(vllm:num_requests_waiting{{pool="{POOL}"}}) > {ended:.3f}', timeout=30)
         stopped = prom.query(f'sum(vllm:request_success_total{{pool="{POOL}", finished_reason="stop"}})')
+        aborted = prom.query(f'sum(vllm:request_success_total{{pool="{POOL}", finished_reason="abort"}})')
         costs = deletion_cost_logs(op)
         pods = {name: fleet.pods[name] for name in (a, b, c)}
         requests = list(fleet.requests)
@@ -108,9 +111,9 @@ def test_scale_down_removes_the_idlest_pods_and_drains_in_flight_requests(  # no
                      indent=1))
     # the idlest went: A, with the most running, is the one left, and the costs say why
     assert int(marked[a]) >= 8 and int(marked[c]) >= 4 and int(marked[a]) > int(marked[c]) > int(marked.get(b, "0"))
-    # C drained: its requests finished after its deletion began, none aborted, by the fleet's and the exporter's count
-    assert all(r.outcome == "stop" and r.finished > pods[c].terminating_since for r in draining)
-    assert fleet.aborted == 0 and float(aborted[0]["value"][1]) == 0.0
+    # C drained: none aborted by the exporter's count (and the fleet's), its requests finished after its deletion began
+    assert float(aborted[0]["value"][1]) == 0.0 and fleet.aborted == 0, (aborted, fleet.aborted)
+    assert all(r.outcome == "stop" and r.finished > pods[c].terminating_since for r in draining), draining
     # a terminating pod took no new request
     for r in requests:
         if r.pod in (b, c) and r.wait is not None:
