@@ -132,7 +132,11 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
                         "met - burst start (s)": None if met is None else round(met - BURST[0], 1),
                         "met - peak reached (s)": None if met is None else round(met - (T_BASE + T_RAMP), 1),
                         "first scale-down at": first_down and round(first_down["t"]),
-                        "requests cut off by a scale-down": fleets[name].aborted}
+                        "requests cut off by a scale-down": fleets[name].aborted,
+                        "pods deleted": sum(p.terminating_since is not None for p in fleets[name].pods.values()),
+                        "requests finished by a terminating pod": sum(
+                            1 for r in fleets[name].requests if r.finished is not None and r.pod is not None
+                            and (fleets[name].pods[r.pod].terminating_since or r.finished) < r.finished)}
         fleets[name].report = report[name]
         fleets[name].decisions = ds
     text = json.dumps(report, indent=1, default=str)
