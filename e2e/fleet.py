@@ -79,6 +79,7 @@ class Fleet:
         self.ready = 0
         self.pods: dict[str, Pod] = {}
         self.aborted = 0
+        self.max_tick_gap = 0.0
         self.requests: list[Request] = []
         self.timeline: list[tuple[float, float, int, int, int]] = []
         self._queue: deque[Request] = deque()
@@ -194,6 +195,7 @@ class Fleet:
         last, next_sample = self.now(), 0.0
         while not self._stop.wait(self.tick):
             t = self.now()
+            self.max_tick_gap = max(self.max_tick_gap, t - last)  # a starved loop makes waits up to this long
             with self._lock:
                 self._step(t, t - last)
                 if t >= next_sample:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 import time
 from datetime import datetime
 from pathlib import Path
@@ -132,6 +133,10 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
                         "met - burst start (s)": None if met is None else round(met - BURST[0], 1),
                         "met - peak reached (s)": None if met is None else round(met - (T_BASE + T_RAMP), 1),
                         "first scale-down at": first_down and round(first_down["t"]),
+                        "over SLO by 10 s of arrival": {int(t): n for t, n in sorted(Counter(
+                            10 * (r.arrival // 10) for r in fleets[name].requests
+                            if BURST[0] <= r.arrival < BURST[1] and (r.wait or 0) > SLO_SECONDS).items())},
+                        "longest fleet tick (s)": round(fleets[name].max_tick_gap, 2),
                         "requests cut off by a scale-down": fleets[name].aborted,
                         "pods deleted": sum(p.terminating_since is not None for p in fleets[name].pods.values()),
                         "requests finished by a terminating pod": sum(
