@@ -3,8 +3,9 @@
 - create / update / resume: server-side apply the pool's Deployment and Service (adopting existing ones).
 - a timer per pool, every `interval`: read the pool's metrics (one batched Prometheus read per interval
   serves every pool), its Deployment and pods; decide; apply the replica count (that field alone) only
-  when it changes, after setting the pods' deletion costs when it falls (drain.py: the idlest go first); write status (with the decision History, so a restarted operator resumes); post an
-  Event per scale and per condition change; log one line per decision.
+  when it changes (when it falls, after setting the pods' deletion costs: drain.py, the idlest go first);
+  write status (with the decision History, so a restarted operator resumes); post an Event per scale and
+  per condition change; log one line per decision.
 """
 
 from __future__ import annotations
