@@ -20,12 +20,25 @@ VERSION = "v1alpha1"
 PLURAL = "inferencepools"
 KIND = "InferencePool"
 
+# The vLLM release the default image runs (the newest on PyPI when set); workload.py decides from the
+# image's version which vLLM flags it may pass.
+VLLM_VERSION = "0.33.0"
+DEFAULT_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
+
 SLO_METRICS = {"QueueWait": "wait", "TimeToFirstToken": "ttft"}
 MEASURED = "Measured"
 
 DEFAULTS = {
-    "engine.image": "vllm/vllm-openai:v0.10.2",
+    "engine.image": DEFAULT_IMAGE,
     "engine.port": 8000,
+    # Per replica. vLLM's Kubernetes guide requests 2 CPUs / 6G and limits 20G; the weights pass through
+    # host memory while loading and /dev/shm (a memory emptyDir) counts against the limit, so more here.
+    "engine.resources.cpu": "4",
+    "engine.resources.memory": "32Gi",
+    "engine.resources.memoryLimit": "64Gi",
+    "engine.resources.sharedMemory": "8Gi",
+    "drain.gracePeriodSeconds": 600,
+    "drain.deregisterSeconds": 15,
     "gpu.perReplica": 1,
     "slo.metric": "QueueWait",
     "slo.percentile": 0.99,
@@ -41,6 +54,24 @@ DEFAULTS = {
     "cost.currency": "USD",
 }
 _REQUIRED = object()
+
+# `vllm serve` flags the operator sets itself or relies on: (flag, pattern, what to do instead). The CRD
+# refuses each with the same pattern (a CEL rule per flag; tests/test_spec.py checks they agree), and
+# parse() refuses them too. vLLM reads `--max_num_seqs` as `--max-num-seqs` and keeps the *last* of two
+# copies of a flag (vllm/utils/argparse_utils.py, FlexibleArgumentParser), so a duplicate silently wins.
+OWNED_ARGS = (
+    ("--host", r"^--host(=|$)", "the operator sets it to 0.0.0.0 so the probes and the Service reach vLLM"),
+    ("--port", r"^--port(=|$)", "the operator sets it: use spec.engine.port"),
+    ("--served-model-name", r"^--served[-_]model[-_]name(=|$)", "the operator sets it: use spec.model.name"),
+    ("--model", r"^--model(=|$)", "the operator passes the model: use spec.model.source"),
+    ("--max-num-seqs", r"^--max[-_]num[-_]seqs(=|$)", "the operator sets it: use spec.slotsPerReplica"),
+    ("--tensor-parallel-size", r"^(--tensor[-_]parallel[-_]size|-tp)(=|$)", "the operator sets it: use spec.gpu.perReplica"),
+    ("--disable-log-stats", r"^--disable[-_]log[-_]stats(=|$)",
+     "the operator sizes the pool from the engine metrics it turns off"),
+    ("--shutdown-timeout", r"^--shutdown[-_]timeout(=|$)", "the operator sets it: use spec.drain.gracePeriodSeconds"),
+)
+# Kubernetes resource.Quantity, without a sign (apimachinery's quantity pattern).
+QUANTITY = re.compile(r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
 
 class SpecError(ValueError):
@@ -59,10 +90,17 @@ class PoolConfig:
     model_name: str  # the name clients ask for (vLLM --served-model-name)
     model_source: str  # what vLLM loads: a Hugging Face id or a path inside the pod
     model_pvc: str | None  # a PersistentVolumeClaim mounted read-only at MODEL_MOUNT
+    cache_pvc: str | None  # a PersistentVolumeClaim for HF_HOME and vLLM's cache, shared by the replicas
     image: str
     port: int
     extra_args: tuple[str, ...]
     env: tuple[dict, ...]  # container env entries, passed through as written
+    cpu: str  # container request
+    memory: str  # container request
+    memory_limit: str
+    shared_memory: str  # sizeLimit of the /dev/shm memory emptyDir
+    grace_period_seconds: int  # the pod's terminationGracePeriodSeconds: covers the longest request
+    deregister_seconds: int  # preStop sleep, so endpoints and routers drop the pod before it drains
     gpu_product: str | None  # node label nvidia.com/gpu.product
     tolerations: tuple[dict, ...]  # extra pod tolerations, passed through as written
     node_selector: dict  # extra node labels the pods need
@@ -138,6 +176,29 @@ def _list(spec: Mapping, path: str, item_type: type) -> tuple:
     return tuple(value)
 
 
+def _extra_args(spec: Mapping) -> tuple[str, ...]:
+    args = _list(spec, "engine.extraArgs", str)
+    for arg in args:
+        for flag, pattern, fix in OWNED_ARGS:
+            if re.search(pattern, arg.strip()):
+                raise SpecError("engine.extraArgs", f"must not set {flag}: {fix}")
+    return args
+
+
+def _quantity(spec: Mapping, path: str) -> str:
+    value = _lookup(spec, path)
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not QUANTITY.match(text) or _bytes(text) <= 0:
+        raise SpecError(path, f'must be a Kubernetes quantity > 0 such as "4", "500m" or "32Gi", got {value!r}')
+    return text
+
+
+def _bytes(quantity: str) -> float:
+    from kubernetes.utils import parse_quantity
+
+    return float(parse_quantity(quantity))
+
+
 def _horizon(spec: Mapping) -> float | None:
     value = _lookup(spec, "prediction.horizon")
     if value == MEASURED:
@@ -191,6 +252,22 @@ def parse(spec: Mapping) -> PoolConfig:
         gpu_hour_price=price,
     )
     name = _text(spec, "model.name")
+    memory, memory_limit = _quantity(spec, "engine.resources.memory"), _quantity(spec, "engine.resources.memoryLimit")
+    shared_memory = _quantity(spec, "engine.resources.sharedMemory")
+    if _bytes(memory) > _bytes(memory_limit):
+        raise SpecError("engine.resources.memory", f"must not exceed engine.resources.memoryLimit ({memory} > {memory_limit})")
+    if _bytes(shared_memory) >= _bytes(memory_limit):
+        raise SpecError(
+            "engine.resources.sharedMemory",
+            f"must be below engine.resources.memoryLimit ({shared_memory} >= {memory_limit}): /dev/shm is memory the limit counts",
+        )
+    grace = _integer(spec, "drain.gracePeriodSeconds", 60, 86400)
+    deregister = _integer(spec, "drain.deregisterSeconds", 0, 600)
+    if grace < deregister + 60:
+        raise SpecError(
+            "drain.gracePeriodSeconds",
+            f"must be at least drain.deregisterSeconds + 60 ({deregister + 60}) to leave time to drain, got {grace}",
+        )
     node_selector = _lookup(spec, "scheduling.nodeSelector", {})
     if not isinstance(node_selector, Mapping) or not all(isinstance(v, str) for v in node_selector.values()):
         raise SpecError("scheduling.nodeSelector", "must map label names to string values")
@@ -199,10 +276,17 @@ def parse(spec: Mapping) -> PoolConfig:
         model_name=name,
         model_source=_text(spec, "model.source", name),
         model_pvc=_text(spec, "model.pvcName", None),
+        cache_pvc=_text(spec, "model.cachePVCName", None),
         image=_text(spec, "engine.image"),
         port=_integer(spec, "engine.port", 1, 65535),
-        extra_args=_list(spec, "engine.extraArgs", str),
+        extra_args=_extra_args(spec),
         env=_list(spec, "engine.env", dict),
+        cpu=_quantity(spec, "engine.resources.cpu"),
+        memory=memory,
+        memory_limit=memory_limit,
+        shared_memory=shared_memory,
+        grace_period_seconds=grace,
+        deregister_seconds=deregister,
         gpu_product=_text(spec, "gpu.product", None),
         tolerations=_list(spec, "scheduling.tolerations", dict),
         node_selector=dict(node_selector),
