@@ -8,8 +8,8 @@ from inferencepool.operator.observe import QuerySettings
 
 def test_query_matches_both_spellings_one_pool_and_per_pod_series():
     q = drain.running_query(QuerySettings(pool_label="ipool", namespace_label="ns"), "serving", "llama", 'cluster="eu",')
-    assert q == ('sum by (pod) ({__name__=~"vllm:num_requests_running|vllm_num_requests_running", '
-                 'ns=~"serving|", ipool="llama", pod!="", cluster="eu"})')
+    selector = '{ns=~"serving|", ipool="llama", pod!="", cluster="eu"}'
+    assert q == f"sum by (pod) (vllm:num_requests_running{selector} or vllm_num_requests_running{selector})"
 
 
 def test_parse_keeps_finite_values_of_named_pods():

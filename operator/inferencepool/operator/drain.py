@@ -6,8 +6,8 @@ ReplicaSet deletes lower-cost pods first (after any pod that is not Ready), so t
 to drain. https://kubernetes.io/docs/concepts/workloads/controllers/replicaset/#pod-deletion-cost
 
 A pod without a series keeps whatever annotation it has; with no per-pod series at all nothing is
-changed and the ReplicaSet picks as it would anyway. The series may be spelled `vllm:` or `vllm_`
-(see observe.py's QuerySettings.metric_prefix): both are matched.
+changed and the ReplicaSet picks as it would anyway. The series may be spelled `vllm:` or `vllm_`:
+both are read, joined as observe.either joins them (no double count of one target under both names).
 """
 
 from __future__ import annotations
@@ -15,24 +15,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from inferencepool.operator.observe import QuerySettings
+from inferencepool.operator.observe import QuerySettings, either
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-RUNNING = ("vllm:num_requests_running", "vllm_num_requests_running")
 POD_LABEL = "pod"  # what the Prometheus Operator's PodMonitor and the kubernetes_sd examples name it
 
 
 def running_query(settings: QuerySettings, namespace: str, pool: str, matchers: str = "", pod_label: str = POD_LABEL) -> str:
     """PromQL: requests running per pod of one pool (series without a namespace label match too)."""
-    names = "|".join(RUNNING)
     selector = ", ".join(m for m in (
-        f'__name__=~"{names}"',
         f'{settings.namespace_label}=~"{namespace}|"',
         f'{settings.pool_label}="{pool}"',
         f'{pod_label}!=""',
         matchers.strip().strip(","),
     ) if m)
-    return f"sum by ({pod_label}) ({{{selector}}})"
+    return f"sum by ({pod_label}) " + either(lambda prefix: f"{prefix}num_requests_running{{{selector}}}")
 
 
 def parse_running(result: Iterable[Mapping], pod_label: str = POD_LABEL) -> dict[str, float]:
