@@ -20,10 +20,14 @@ DEFAULT_GPU_HOUR_PRICE = 2.50  # USD, the same assumed on-demand H100 price as `
 
 DESCRIPTION = """\
 Replay a request trace through a simulated GPU fleet under each scaling policy, on the same arrivals and the
-same cold-start draws, and compare GPU-hours, cost and SLO attainment. Policies: static (provisioned for the
-trace's peak), hpa (utilisation 0.8, 15s sync, 300s scale-down window), queue-depth (KEDA style: 5 waiting
-per replica), reactive and predictive (our Erlang-C decide(), without and with scale-ahead) and oracle
-(clairvoyant lower bound: knows future arrivals and cold starts).
+same cold-start draws and the same warm start, and compare GPU-hours, cost and SLO attainment. Policies:
+static (provisioned for the trace's peak), hpa (Kubernetes HPA on utilisation 0.8: 15s sync, 10% tolerance,
+300s scale-down window), queue-depth (KEDA on vllm:num_requests_waiting, 5 per replica, as vLLM's
+production-stack ships it), kpa (Knative: concurrency 0.7 per slot, 60s/6s windows, panic at 200%), wva
+(llm-d's saturation analyser: KV 0.8, queue 5), dynamo (Dynamo's SLA planner: 180s interval, Kalman load
+predictor), reactive and predictive (our Erlang-C decide(), without and with scale-ahead) and oracle
+(clairvoyant lower bound: knows future arrivals and cold starts). A removed replica is billed until its
+in-flight requests finish. --sweep sweeps each family over its own knob and the warm floor instead.
 
 Defaults model a 14-32B model on one H100 per replica serving one request per slot: service time = prompt
 tokens / 8000 tok/s + output tokens x 25 ms; cold starts lognormal around 3 min; SLO p99 queue wait < 10s.
@@ -31,7 +35,7 @@ On the bundled Azure code trace (57 min, 2.6 requests/s, bursts of 30/s for seco
 replicas. Writes simulate.png and simulate.json to --out.
 """
 
-POLICY_CHOICES = ("static", "hpa", "queue-depth", "reactive", "predictive", "oracle")
+POLICY_CHOICES = ("static", "hpa", "queue-depth", "kpa", "wva", "dynamo", "reactive", "predictive", "oracle")
 
 
 def _typed(parse):
