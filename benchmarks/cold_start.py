@@ -31,13 +31,19 @@ COLD_STARTS = (60.0, 180.0, 360.0, 600.0)
 LEVEL = 0.95
 
 
+PLAIN = "ours-plain"  # ours tuned among settings without error-budget feedback: what scale-ahead alone does
+
+
 def tuned(name: str) -> dict:
-    """family -> (knob, floor) from the frontier run at 3 minutes."""
+    """family -> (knob, floor, reached) from the frontier run at 3 minutes."""
     rows = json.loads((OUT / f"{name}.json").read_text())
     out = {}
     table = sweep.settings(rows)
-    for family in sweep.ORDER:
-        candidates = [(k, v) for k, v in table.items() if k[1] == family]
+    for family in sweep.ORDER + (PLAIN,):
+        if family == PLAIN:
+            candidates = [(k, v) for k, v in table.items() if k[1] == "ours" and k[2][3] is None]
+        else:
+            candidates = [(k, v) for k, v in table.items() if k[1] == family]
         ok = [(k, v) for k, v in candidates if v["windows"] >= LEVEL]
         key, _ = min(ok, key=lambda kv: kv[1]["gpu_hours"]) if ok else max(candidates, key=lambda kv: kv[1]["windows"])
         out[family] = (key[2], key[3], bool(ok))
@@ -64,7 +70,9 @@ def main() -> int:
         for cold in COLD_STARTS:
             seeded = {f"{name}@{cold:g}": [replace(s, fleet=replace(s.fleet, cold_start_seconds=cold),
                                                    spec=replace(s.spec, default_cold_start_seconds=cold)) for s in base]}
-            tasks = [(family, knob, floor) for family, (knob, floor, _) in settings.items()] + [("oracle", None, 1)]
+            tasks = [("ours" if family == PLAIN else family, knob, floor)
+                     for family, (knob, floor, _) in settings.items()] + [("oracle", None, 1)]
+            tasks = list(dict.fromkeys(tasks))  # ours-plain may be ours
             rows = sweep.run_points(seeded, tasks, jobs=args.jobs)
             results[cold] = sweep.settings(rows)
             print(f"{name} cold start {cold:g}s: {len(rows)} runs, {time.perf_counter() - started:.0f}s", file=sys.stderr)
@@ -76,18 +84,22 @@ def main() -> int:
                  "|---" * (len(COLD_STARTS) + 1) + "|"]
         fig, (ax_a, ax_g) = plt.subplots(1, 2, figsize=(11, 4.5))
         colors = plt.get_cmap("tab10")
-        for i, family in enumerate(sweep.ORDER + ("oracle",)):
+        for i, family in enumerate(sweep.ORDER + (PLAIN, "oracle")):
             knob, floor, reached = settings.get(family, (None, 1, True))
-            key = lambda cold: next(k for k in results[cold] if k[1] == family)
+            kind = "ours" if family == PLAIN else family
+            key = lambda cold: next(k for k in results[cold] if k[1] == kind and (kind == "oracle" or (k[2], k[3]) == (knob, floor)))
             oracle = lambda cold: next(v for k, v in results[cold].items() if k[1] == "oracle")["gpu_hours"]
             att = [results[c][key(c)]["windows"] for c in COLD_STARTS]
             ratio = [results[c][key(c)]["gpu_hours"] / oracle(c) for c in COLD_STARTS]
-            label = sweep.LABELS[family] + ("" if family == "oracle" else f" ({sweep._knob(family, knob)}"
+            name_ = "ours, no feedback" if family == PLAIN else sweep.LABELS[family]
+            label = name_ + ("" if family == "oracle" else f" ({sweep._knob(kind, knob)}"
                                              + (f", floor {floor}" if family != "static" else "") + ")"
                                              + ("" if reached else f" [never {LEVEL:.0%} at 3 min]"))
             lines.append(f"| {label} | " + " | ".join(f"{a:.1%} / {r:.2f}x" for a, r in zip(att, ratio)) + " |")
             style = dict(marker="o", color="k" if family == "oracle" else colors(i), lw=2 if family == "ours" else 1)
-            ax_a.plot(np.array(COLD_STARTS) / 60, [100 * a for a in att], label=sweep.LABELS[family], **style)
+            if family == PLAIN:
+                style.update(ls="--", color=colors(0))
+            ax_a.plot(np.array(COLD_STARTS) / 60, [100 * a for a in att], label=name_, **style)
             ax_g.plot(np.array(COLD_STARTS) / 60, ratio, **style)
         ax_a.set_xlabel("mean cold start (min)")
         ax_a.set_ylabel("% of 1-min windows meeting the SLO (worst seed)")

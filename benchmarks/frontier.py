@@ -49,14 +49,28 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one setting per family, one floor: for a smoke test")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite SIMULATE.md")
+    parser.add_argument("--families", default=",".join(sweep.ORDER), help="run only these (the oracle always)")
+    parser.add_argument("--from-json", action="store_true",
+                        help="run nothing: tables, figure and SIMULATE.md from benchmarks/frontier/<scenario>.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other families' runs from benchmarks/frontier/<scenario>.json")
     args = parser.parse_args()
     for name in args.scenarios.split(","):
         title, make = SCENARIOS[name]
         started = time.perf_counter()
         seeded = [make(seed) for seed in range(args.seeds)]
         grid = sweep.QUICK if args.quick else sweep.COARSE if name in LONG else sweep.Grid()
-        rows = sweep.run({name: seeded}, grid, jobs=args.jobs,
-                         progress=lambda done, total: print(f"\r{name}: {done}/{total} runs", end="", file=sys.stderr))
+        families = tuple(args.families.split(","))
+        if args.from_json:
+            rows = json.loads((OUT / f"{name}.json").read_text())
+        else:
+            rows = sweep.run({name: seeded}, grid, jobs=args.jobs, families=families,
+                             progress=lambda done, total: print(f"\r{name}: {done}/{total} runs", end="", file=sys.stderr))
+        if args.merge and not args.from_json and (OUT / f"{name}.json").exists():
+            old = json.loads((OUT / f"{name}.json").read_text())
+            new = {(r["family"], json.dumps(r["knob"]), r["floor"], r["seed"]) for r in rows}
+            rows += [r for r in old if r["family"] != "oracle"
+                     and (r["family"], json.dumps(r["knob"]), r["floor"], r["seed"]) not in new]
         wall = time.perf_counter() - started
         print(file=sys.stderr)
         OUT.mkdir(exist_ok=True)
@@ -68,9 +82,10 @@ def main() -> int:
         lines += ["```", ""]
         for by in ("windows", "requests"):
             lines += sweep.table(sweep.frontier(rows, by=by), name, by=by) + [""]
+        timing = "" if args.from_json else f" in {wall:.0f} s with {args.jobs} workers on {platform.machine()}"
         lines += [f"Cells: mean GPU-hours over {args.seeds} seeds / the oracle's (min-max over seeds); the cheapest "
-                  f"setting whose worst seed reaches the level. {len(rows)} runs in {wall:.0f} s with {args.jobs} "
-                  f"workers on {platform.machine()} (`python benchmarks/frontier.py --scenarios {name}`).", "",
+                  f"setting whose worst seed reaches the level. {len(rows)} runs{timing} "
+                  f"(`python benchmarks/frontier.py --scenarios {name}`).", "",
                   f"![{title}](frontier/{png.name})"]
         text = "\n".join(lines)
         print(text)

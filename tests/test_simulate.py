@@ -233,3 +233,29 @@ def test_a_warm_up_before_score_from_is_neither_billed_nor_scored():
     row = report.summarise(run, PoolSpec(slo_percentile=0.99, slo_target_seconds=10.0))
     assert row["minutes_meeting_slo"] == 1.0 and row["requests_meeting_slo"] == 1.0  # minute 0 is not scored
     assert row["gpu_hours"] == pytest.approx(2 * 70 / 3600)
+
+
+class Recorder(Scripted):
+    """A scripted policy that keeps every Observations it is shown."""
+
+    def __init__(self, steps):
+        super().__init__(steps)
+        self.seen = []
+
+    def reconcile(self, obs, fleet):
+        self.seen.append(obs)
+        return super().reconcile(obs, fleet)
+
+
+def test_the_fleet_reports_each_minutes_share_of_requests_within_the_wait_target():
+    config = replace(FAST, slo_target_seconds=10.0, scrape_delay_seconds=15.0)
+    arrivals = np.array([0.0, 1.0, 2.0, 3.0, 70.0, 300.0])
+    service = np.array([30.0, 1.0, 1.0, 1.0, 1.0, 0.1])  # one slot: the three behind the first wait 29-30 s
+    policy = Recorder([(0.0, 1)])
+    run_fixed(arrivals, service, policy, config)
+    by_end = {o.slo_window_end: o.slo_window_good for o in policy.seen}
+    # minute 0: requests started at 0 (wait 0), 30, 31, 32 (29 s each) -> 1 of 4 within 10 s
+    assert by_end[60.0] == pytest.approx(1 / 4)
+    assert by_end[120.0] == pytest.approx(1.0) and by_end[180.0] is None
+    first = min(o.time for o in policy.seen if o.slo_window_end == 60.0)
+    assert first >= 75.0  # the minute ending at 60 s is seen once the 15 s scrape delay has passed

@@ -34,6 +34,11 @@ class PoolSpec:
     forecast_quantile: float = 0.9  # size for this upper quantile of the forecast
     max_metrics_age_seconds: float = 120.0  # older observations are stale: hold
     gpu_hour_price: float = 0.0
+    # Error-budget feedback (off while None): the share of SLO windows that must meet the SLO. Each measured
+    # window moves a headroom factor on the planning rate: up by FEEDBACK_STEP when it missed, down by
+    # FEEDBACK_STEP x (1 - objective) / objective when it met, so it settles where 1 - objective of the
+    # windows miss: it spends a healthy budget and adds headroom while it burns, whatever the model's error.
+    slo_objective: float | None = None
 
     @property
     def replica_cap(self) -> int:
@@ -65,6 +70,11 @@ class Observations:
     unschedulable_replicas: int = 0  # pods Pending for lack of GPUs
     cold_start_seconds: float | None = None  # measured pod creation -> Ready
     metrics_age_seconds: float = 0.0  # how old the freshest sample is
+    # The last complete SLO window (one minute): when it ended, and the share of its requests within the SLO
+    # target. From vLLM's queue-time histogram, whose bucket bounds include 10 s:
+    # increase(vllm:request_queue_time_seconds_bucket{le="10.0"}[1m]) / increase(..._count[1m]) at the minute's end.
+    slo_window_end: float | None = None
+    slo_window_good: float | None = None  # None: no request in the window
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,8 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) inside the scale-down window
     last_service_time: float | None = None
     last_scale_time: float | None = None
+    headroom: float = 1.0  # error-budget feedback: factor on the planning rate
+    feedback_window: float | None = None  # end of the last SLO window folded into `headroom`
 
     def to_dict(self) -> dict:
         """JSON-ready, for the pool's status: a restarted operator resumes from it."""
@@ -92,6 +104,8 @@ class History:
                 recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", ())),
                 last_service_time=data.get("last_service_time"),
                 last_scale_time=data.get("last_scale_time"),
+                headroom=float(data.get("headroom", 1.0)),
+                feedback_window=data.get("feedback_window"),
             )
         except (TypeError, ValueError):
             return cls()
@@ -130,6 +144,23 @@ class Decision:
 
 
 MIN_SERVICE_SAMPLES = 20  # completions below which a window's mean service time is blended with the last trusted
+FEEDBACK_STEP = 0.1  # log-headroom added per missed SLO window
+HEADROOM_RANGE = (0.6, 3.0)  # the feedback factor stays within this
+
+
+def feedback(spec: PoolSpec, obs: Observations, history: History) -> History:
+    """Fold a newly completed SLO window into the headroom factor (error-budget feedback; see PoolSpec)."""
+    objective = spec.slo_objective
+    end, good = obs.slo_window_end, obs.slo_window_good
+    if objective is None or spec.slo_percentile is None or end is None or good is None:
+        return history
+    if history.feedback_window is not None and end <= history.feedback_window:
+        return history
+    met = good >= spec.slo_percentile
+    step = -FEEDBACK_STEP * (1 - objective) / objective if met else FEEDBACK_STEP
+    low, high = HEADROOM_RANGE
+    headroom = min(max(history.headroom * math.exp(step), low), high)
+    return replace(history, headroom=headroom, feedback_window=end)
 
 
 def _usable(value: float | None) -> bool:
@@ -193,12 +224,16 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         return _hold_for_metrics(spec, obs, history, stale, rate_known)
 
     forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate)
-    history = replace(history, forecaster=forecaster, last_service_time=trusted)
+    history = feedback(spec, obs, replace(history, forecaster=forecaster, last_service_time=trusted))
     planning_rate, forecast_rate, horizon_s = obs.arrival_rate, None, None
     if spec.prediction:
         horizon_s = horizon(spec, obs)
         forecast_rate = fc.upper_peak(forecaster, horizon_s, spec.forecast_quantile)
         planning_rate = max(obs.arrival_rate, forecast_rate)
+    observed_rate = obs.arrival_rate
+    if spec.slo_objective is not None:
+        planning_rate *= history.headroom
+        observed_rate *= history.headroom
 
     slots = spec.slots_per_replica
     target = wait_target(spec, obs)
@@ -214,11 +249,11 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         return math.ceil(servers / slots), False
 
     required, saturated = replicas_for(planning_rate)
-    falling = planning_rate > obs.arrival_rate and required > current and obs.arrival_rate < fc.point(forecaster, 0.0)
+    falling = planning_rate > observed_rate and required > current and obs.arrival_rate < fc.point(forecaster, 0.0)
     if falling:
         # Demand is below the smoothed level, i.e. falling: the forecast may hold capacity, not add it
         # (its lagging level and bound would otherwise order replicas just as a burst ends).
-        reactive, saturated = replicas_for(obs.arrival_rate)
+        reactive, saturated = replicas_for(observed_rate)
         required = max(reactive, current)
 
     wanted, constraint = required, "falling_demand" if falling and required == current else "slo"

@@ -67,6 +67,10 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _warm_up(text: str) -> float | str:
+    return "repeats" if text.strip() == "repeats" else parse_duration(text)
+
+
 def _policies(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in POLICY_CHOICES]
@@ -96,9 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rate-scale", type=_typed(_positive(float)), default=1.0, metavar="R",
                    help="multiply the request rate by R (thin below 1; copies within inter-arrival gaps above 1)")
     g.add_argument("--repeat", type=_typed(_positive(int)), default=1, metavar="N", help="play the trace N times back to back")
-    g.add_argument("--warm-up", type=_typed(parse_duration), default=0.0, metavar="DURATION",
-                   help="leave the first DURATION unscored (not billed, no SLO), e.g. 1h with --repeat 2 so every "
-                        "policy has learnt the trace once (default 0)")
+    g.add_argument("--warm-up", type=_typed(_warm_up), default=0.0, metavar="DURATION",
+                   help="leave the first DURATION unscored (not billed, no SLO); 'repeats' with --repeat N scores only "
+                        "the last copy, so every policy has learnt the trace N-1 times (default 0)")
     g = parser.add_argument_group("service and fleet")
     g.add_argument("--slo", type=_typed(parse_slo), default=parse_slo("p99 wait < 10s"),
                    help="e.g. 'p99 wait < 10s' (default), 'mean wait < 2s', 'p95 ttft < 2s'")
@@ -152,7 +156,12 @@ def build(args: argparse.Namespace):
 
     rng = np.random.default_rng([args.seed, 2])
     trace = tr.load(args.trace, rng=rng, rate_scale=args.rate_scale)
+    one = trace
     trace = tr.compress_time(tr.repeat(trace, args.repeat), args.time_scale)
+    warm_up = args.warm_up
+    if warm_up == "repeats":  # everything but the last copy, as tr.repeat lays them out
+        period = one.span + one.span / max(len(one) - 1, 1)
+        warm_up = period * (args.repeat - 1) / args.time_scale
     if len(trace) < 2:
         raise ValueError("the trace has fewer than two requests")
     slo = args.slo
@@ -171,11 +180,10 @@ def build(args: argparse.Namespace):
         scrape_delay_seconds=args.scrape_delay,
     )
     service = ServiceModel(args.prefill_tokens_per_second, args.decode_time_per_token)
-    if args.warm_up >= trace.span:
-        raise ValueError(f"--warm-up {format_duration(args.warm_up)} leaves nothing of the {format_duration(trace.span)} "
+    if warm_up >= trace.span:
+        raise ValueError(f"--warm-up {format_duration(warm_up)} leaves nothing of the {format_duration(trace.span)} "
                          "trace to score; use --repeat or a shorter warm-up")
-    return Scenario(trace=trace, spec=spec, fleet=fleet, service_model=service, seed=args.seed,
-                    score_from=args.warm_up)
+    return Scenario(trace=trace, spec=spec, fleet=fleet, service_model=service, seed=args.seed, score_from=warm_up)
 
 
 def describe(scenario) -> list[str]:

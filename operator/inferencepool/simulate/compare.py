@@ -106,7 +106,10 @@ def starting_replicas(scenario: Scenario) -> int:
 def run_policy(scenario: Scenario, policy, progress: Callable[[float], None] | None = None) -> Run:
     """One policy on the scenario, from the shared warm start, with the scenario's cold-start draws."""
     service, prefill = scenario.service, scenario.prefill
-    return simulate(scenario.trace.arrivals, service, prefill, policy, scenario.fleet,
+    fleet = scenario.fleet
+    if scenario.spec.slo_metric == "wait" and fleet.slo_target_seconds is None:  # what vLLM's histogram shows
+        fleet = replace(fleet, slo_target_seconds=scenario.spec.slo_target_seconds)
+    return simulate(scenario.trace.arrivals, service, prefill, policy, fleet,
                     policy.initial_replicas(starting_replicas(scenario)), ColdStarts(scenario.fleet, scenario.seed),
                     progress, score_from=scenario.score_from)
 

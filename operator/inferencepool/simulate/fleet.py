@@ -14,9 +14,9 @@ from __future__ import annotations
 import heapq
 import math
 import time as wallclock
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import numpy as np
@@ -56,6 +56,10 @@ class FleetConfig:
     service_window_seconds: float = 120.0
     burst_window_seconds: float = 15.0
     scrape_delay_seconds: float = 15.0  # how old the metrics are when the policy reads them
+    # The SLO window the queue-time histogram is read over (Observations.slo_window_*), and the SLO's wait
+    # target (a vLLM histogram bucket bound); None: not measured.
+    slo_window_seconds: float = 60.0
+    slo_target_seconds: float | None = None
 
 
 class ColdStarts:
@@ -198,9 +202,17 @@ def simulate(
     next_tick = tick * math.ceil(warm / tick)
     next_report = 0.1
 
+    started_t: list[float] = []  # when each request left the queue, and whether its wait met the SLO target
+    started_good: list[int] = [0]  # running count
+    target = config.slo_target_seconds
+    window = config.slo_window_seconds
+
     def start(j: int, now: float) -> None:
         waits[j] = now - arr[j]
         heapq.heappush(heap, (now + svc[j], _DONE, j))
+        if target is not None:
+            started_t.append(now)
+            started_good.append(started_good[-1] + (waits[j] <= target))
 
     inf = math.inf
     while True:
@@ -262,6 +274,11 @@ def simulate(
             if getattr(policy, "needs_metrics", True):
                 obs = _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, gauge_wait,
                                gauge_run, ordered, ready, measured_cold)
+                if target is not None and now - delay >= window:
+                    w_end = math.floor((now - delay) / window) * window
+                    hi, lo = bisect_left(started_t, w_end), bisect_left(started_t, w_end - window)
+                    good = (started_good[hi] - started_good[lo]) / (hi - lo) if hi > lo else None
+                    obs = replace(obs, slo_window_end=w_end, slo_window_good=good)
             else:  # a policy with its own metric path (Knative's queue-proxies) needs only the replica counts
                 obs = Observations(time=now, current_replicas=ordered, ready_replicas=ready)
             wanted = max(int(policy.reconcile(obs, fleet)), 0)
