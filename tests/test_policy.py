@@ -194,3 +194,12 @@ def test_the_headroom_factor_sizes_for_a_higher_rate():
     plain = decide(PoolSpec(max_replicas=100, prediction=False), observe(rate=SEED_RATE * 1.5, current=30))
     assert raised.replicas == plain.replicas > decide(PoolSpec(max_replicas=100, prediction=False), observe(current=30)).replicas
     assert History.from_dict(json.loads(json.dumps(raised.history.to_dict()))).headroom == 1.5
+
+
+def test_a_backlog_adds_the_capacity_to_drain_it_within_the_drain_time():
+    plain = decide(reactive(), observe(current=30, waiting=4.0))
+    drained = decide(reactive(backlog_drain_seconds=10.0), observe(current=30, waiting=4.0))
+    # 4 waiting x 15 s of work / 10 s = 6 more replicas than the steady-state Erlang-C answer (30)
+    assert plain.replicas == 30 and drained.replicas == 36 and drained.required_replicas == 36
+    assert decide(reactive(backlog_drain_seconds=10.0), observe(current=30, waiting=0.0)).replicas == 30
+    assert decide(reactive(backlog_drain_seconds=10.0), observe(current=30)).replicas == 30  # gauge missing

@@ -39,6 +39,9 @@ class PoolSpec:
     # FEEDBACK_STEP x (1 - objective) / objective when it met, so it settles where 1 - objective of the
     # windows miss: it spends a healthy budget and adds headroom while it burns, whatever the model's error.
     slo_objective: float | None = None
+    # Transient sizing (off while None): Erlang-C is steady state; a backlog of `waiting` requests also needs
+    # the capacity to drain it within this many seconds, added on top (vllm:num_requests_waiting).
+    backlog_drain_seconds: float | None = None
 
     @property
     def replica_cap(self) -> int:
@@ -249,6 +252,8 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         return math.ceil(servers / slots), False
 
     required, saturated = replicas_for(planning_rate)
+    if spec.backlog_drain_seconds and _usable(obs.waiting) and obs.waiting > 0:
+        required += math.ceil(obs.waiting * service_time / (spec.slots_per_replica * spec.backlog_drain_seconds))
     falling = planning_rate > observed_rate and required > current and obs.arrival_rate < fc.point(forecaster, 0.0)
     if falling:
         # Demand is below the smoothed level, i.e. falling: the forecast may hold capacity, not add it
@@ -335,6 +340,10 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
     demand = f"arrival {obs.arrival_rate:.3g}/s"
     if d.forecast_rate is not None:
         demand += f", forecast q{spec.forecast_quantile:g} peak {d.forecast_rate:.3g}/s over {d.horizon_seconds:.0f}s"
+    if spec.backlog_drain_seconds and obs.waiting:
+        demand += f", {obs.waiting:.0f} waiting to drain within {spec.backlog_drain_seconds:g}s"
+    if spec.slo_objective is not None and d.history.headroom != 1.0:
+        demand += f", headroom x{d.history.headroom:.2f} from the error budget"
     head = {"scale_up": "scale up", "scale_down": "scale down", "hold": "hold"}[d.action]
     move = f"{head} {d.previous_replicas} -> {d.replicas}" if d.action != "hold" else f"hold at {d.replicas}"
     why = {

@@ -33,14 +33,16 @@ LABELS = {
 class Grid:
     """Knob values per family, and floors as quantiles of the oracle's per-minute need (0 means a floor of 1).
 
-    Ours: (forecast quantile, SLO margin, scale-down window s, objective) tuples; the margin scales the wait
-    target decide() sizes for (the SLO scored stays the scenario's), the objective turns on error-budget
-    feedback (PoolSpec.slo_objective; None: off).
+    Ours: (forecast quantile, SLO margin, scale-down window s, objective[, backlog drain s]) tuples; the
+    margin scales the wait target decide() sizes for (the SLO scored stays the scenario's), the objective
+    turns on error-budget feedback (PoolSpec.slo_objective), the drain time transient sizing
+    (PoolSpec.backlog_drain_seconds); None: off.
     """
 
     ours: tuple = ((0.8, 1.0, 300.0, None), (0.9, 1.0, 300.0, None), (0.99, 1.0, 300.0, None), (0.9, 0.5, 300.0, None),
                    (0.9, 1.0, 120.0, None), (0.9, 1.0, 1800.0, None), (0.9, 1.0, 300.0, 0.95),
-                   (0.9, 1.0, 300.0, 0.99), (0.9, 1.0, 1800.0, 0.99), (0.9, 1.0, 1800.0, 0.995))
+                   (0.9, 1.0, 300.0, 0.99), (0.9, 1.0, 1800.0, 0.99), (0.9, 1.0, 1800.0, 0.995),
+                   (0.9, 1.0, 300.0, None, 10.0), (0.9, 1.0, 300.0, None, 5.0), (0.9, 1.0, 1800.0, 0.995, 10.0))
     reactive: tuple = (1.0, 0.5, 0.25)
     hpa: tuple = (0.4, 0.6, 0.8, 0.9)
     keda: tuple = (1.0, 2.0, 5.0, 10.0)
@@ -54,7 +56,8 @@ class Grid:
 QUICK = Grid(ours=((0.9, 1.0, 300.0, None),), reactive=(1.0,), hpa=(0.8,), keda=(5.0,), kpa=(0.7,), wva=(0.8,), dynamo=(0.8,),
              floor_quantiles=(0.0,), static_steps=3)
 COARSE = Grid(ours=((0.9, 1.0, 300.0, None), (0.9, 1.0, 1800.0, None), (0.9, 1.0, 300.0, 0.95),
-                    (0.9, 1.0, 300.0, 0.99), (0.9, 1.0, 1800.0, 0.99), (0.9, 1.0, 1800.0, 0.995)), reactive=(1.0, 0.5), hpa=(0.5, 0.7, 0.9),
+                    (0.9, 1.0, 300.0, 0.99), (0.9, 1.0, 1800.0, 0.99), (0.9, 1.0, 1800.0, 0.995),
+                   (0.9, 1.0, 300.0, None, 10.0), (0.9, 1.0, 300.0, None, 5.0), (0.9, 1.0, 1800.0, 0.995, 10.0)), reactive=(1.0, 0.5), hpa=(0.5, 0.7, 0.9),
               keda=(1.0, 3.0, 10.0), kpa=(0.3, 0.5, 1.0), wva=(0.6, 0.8, 0.9), dynamo=(0.5, 0.7, 0.9),
               floor_quantiles=(0.0, 0.5, 0.9), static_steps=10)
 
@@ -90,11 +93,11 @@ def build(scenario: compare.Scenario, family: str, knob, floor: int):
     scenario = replace(scenario, spec=replace(scenario.spec, min_replicas=floor if family != "static" else 1))
     service, prefill = scenario.service, scenario.prefill
     if family in ("ours", "reactive"):
-        q, margin, window, objective = tuple(knob) if family == "ours" else (None, knob, None, None)
+        q, margin, window, objective, drain = (tuple(knob) + (None,))[:5] if family == "ours" else (None, knob, None, None, None)
         spec = replace(scenario.spec, slo_target_seconds=scenario.spec.slo_target_seconds * margin,
                        prediction=q is not None, forecast_quantile=q if q is not None else scenario.spec.forecast_quantile,
                        scale_down_window_seconds=window or scenario.spec.scale_down_window_seconds,
-                       slo_objective=objective)
+                       slo_objective=objective, backlog_drain_seconds=drain)
         name = f"ours {_knob('ours', knob)}" if q is not None else f"reactive m{margin:g}"
         from inferencepool.simulate.baselines import ErlangC
 
@@ -160,6 +163,8 @@ def settings(rows: list[dict]) -> dict:
         knob = r["knob"]
         if isinstance(knob, list) and len(knob) == 2:  # ours before the window and objective knobs
             knob = knob + [300.0, None]
+        if isinstance(knob, list) and len(knob) == 4:  # ours before the backlog-drain knob
+            knob = knob + [None]
         knob = tuple(knob) if isinstance(knob, list) else knob
         grouped.setdefault((r["scenario"], r["family"], knob, r["floor"]), []).append(r)
     out = {}
@@ -200,9 +205,9 @@ def frontier(rows: list[dict], levels=LEVELS, by: str = "windows") -> dict:
 
 def _knob(family: str, knob) -> str:
     if family == "ours":
-        q, margin, window, objective = knob
+        q, margin, window, objective, drain = (tuple(knob) + (None,))[:5]
         return (f"q{q:g}" + (f" m{margin:g}" if margin != 1 else "") + (f" w{window:g}" if window != 300 else "")
-                + (f" obj {objective:g}" if objective else ""))
+                + (f" obj {objective:g}" if objective else "") + (f" drain {drain:g}s" if drain else ""))
     return {"reactive": "m{}", "static": "{} replicas", "hpa": "util {}", "keda": "{} waiting", "kpa": "conc {}",
             "wva": "kv {}", "dynamo": "util {}"}[family].format(f"{knob:g}" if isinstance(knob, float) else knob)
 
