@@ -28,6 +28,8 @@ def test_the_frontier_takes_the_cheapest_setting_whose_worst_seed_reaches_the_le
     assert hpa[0.9]["spread"] == (11.0, 13.0)
     assert hpa[0.99]["knob"] == 0.6 and hpa[0.99]["ratio"] == pytest.approx(1.6)
     assert hpa[0.999] is None
+    worst = sweep.frontier(rows, levels=(0.85,))["s"]["families"]["hpa"][0.85]
+    assert worst["knob"] == 0.8  # knob 0.9 is cheaper and its seeds average 0.895, but its worst seed is 0.8
     lines = sweep.table({"s": result}, "s", levels=(0.9, 0.95, 0.99, 0.999))
     assert "| Kubernetes HPA | 1.20x (1.10-1.30); util 0.8, floor 1 |" in lines[2] and lines[2].endswith("| never |")
 
