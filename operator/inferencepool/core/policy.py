@@ -36,6 +36,7 @@ class PoolSpec:
     max_metrics_age_seconds: float = 120.0  # older observations are stale: hold
     gpu_hour_price: float = 0.0
     max_token_time_seconds: float | None = None  # inter-token latency target: caps concurrency (with a curve)
+    slo_objective: float | None = None  # share of SLO windows that must meet the percentile; None: no objective
 
     @property
     def replica_cap(self) -> int:
@@ -72,6 +73,8 @@ class Observations:
     service_concurrency: float | None = None  # running per replica while service_time was measured; None: running now
     kv_cache_usage: float | None = None  # mean vllm:kv_cache_usage_perc over replicas (0-1)
     preemptions: float | None = None  # vllm:num_preemptions_total increase over the window
+    slo_window_end: float | None = None  # end (unix s) of the last completed SLO window
+    slo_window_good: float | None = None  # share of that window's requests within the target; None: no request
 
 
 @dataclass(frozen=True)
