@@ -551,6 +551,26 @@ class PrometheusReader:
 
         return self._cached(("value", url, promql), fetch)
 
+    def results_at(self, url: str | None, named: Mapping[str, str], at: float) -> dict[str, list]:
+        """Raw results of named queries evaluated at one time (unix s), shared by every pool that asks the
+        same ones within the ttl (the SLO attainment queries); raises PrometheusUnavailable."""
+        url = url or self.default_url
+
+        def fetch():
+            try:
+                return {name: self._client(url).custom_query(promql, params={"time": f"{at:.3f}"})
+                        for name, promql in named.items()}
+            except Exception as error:  # noqa: BLE001 - any failure means "not measured", never a crash
+                if self._on_error:
+                    self._on_error("slo", error)
+                return PrometheusUnavailable(f"Prometheus at {url} failed on the SLO attainment query: {error}")
+
+        with self._lock:  # earlier windows are never asked again: keep the cache from growing
+            for old in [k for k in self._cache if k[0] == "at" and k[2] < at]:
+                self._cache.pop(old, None)
+                self._locks.pop(old, None)
+        return self._cached(("at", url, at, *sorted(named.items())), fetch)
+
     def _cached(self, key: tuple, fetch: Callable[[], object]):
         with self._lock:
             key_lock = self._locks.setdefault(key, threading.Lock())
