@@ -133,3 +133,25 @@ def test_status_reports_the_attainment_and_budget_of_the_served_histogram(cluste
         log = tmp_path / "operator.log"
         if log.exists():
             print("---- operator log (tail) ----\n" + log.read_text()[-8000:])
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("objective", 1.0, "spec.slo.objective must be strictly between 0 and 1"),
+    ("objective", 0, "spec.slo.objective must be strictly between 0 and 1"),
+    ("window", "3s", "spec.slo.window must be a whole number of seconds >= 4"),
+    ("window", "1m30s", "spec.slo.window must be a whole number of seconds >= 4"),
+    ("period", "7days", "spec.slo.period must be a whole number with one unit"),
+])
+def test_crd_rejects_bad_slo_fields_naming_them(cluster, crd, namespace, field, value, expected):
+    import json
+
+    manifest = pool_manifest("bad", slo={"targetSeconds": 1, field: value})
+    r = cluster.kubectl("-n", namespace, "apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+    assert r.returncode != 0 and expected in r.stderr, r.stderr
+
+
+def test_crd_defaults_the_slo_window_and_period(cluster, crd, namespace):
+    cluster.apply(pool_manifest("good", slo={"targetSeconds": 1, "objective": 0.99}), namespace=namespace)
+    slo = get_pool(cluster, namespace, "good")["spec"]["slo"]
+    assert (slo["objective"], slo["window"], slo["period"]) == (0.99, "60s", "7d")
+    cluster.kubectl("-n", namespace, "delete", "ipool", "good")
