@@ -155,3 +155,12 @@ def test_gauges_follow_status_and_forget_drops_them():
     assert registry.get_sample_value("inferencepool_error_budget_remaining", labels) is None
     m.forget("serving", "llama")
     assert registry.get_sample_value("inferencepool_slo_attainment", labels) is None
+
+
+def test_a_window_too_fine_is_a_measurement_limit():
+    from inferencepool.operator import status as pool_status
+
+    make = lambda kind, ok, reason, message: {"type": kind, "status": ok, "reason": reason, "message": message}  # noqa: E731
+    c = pool_status.measurement_condition(parse_spec(SPEC), None, None, make, "slo.window 5s holds fewer than 4 scrapes")
+    assert (c["status"], c["reason"], c["message"]) == (True, "SloWindowTooShort", "slo.window 5s holds fewer than 4 scrapes")
+    assert pool_status.measurement_condition(parse_spec(SPEC), None, None, make)["reason"] == "Resolved"
