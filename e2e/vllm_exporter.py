@@ -147,6 +147,7 @@ class VllmExporter:
         self.rejection_rate = 0.0
         self._rejected_credit = 0.0
         self._k = 0
+        self.wait_for = None  # optional (unix time, request number) -> queue wait, for per-window SLO tests
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._server = self._ticker = None
@@ -173,7 +174,8 @@ class VllmExporter:
         self._k += 1
         u = (self._k * GOLDEN) % 1.0
         inference = -self.service_time * math.log(1.0 - u)
-        self.series.finished(self.queue_wait, inference, self.prefill_time)
+        wait = self.wait_for(time.time(), self._k) if self.wait_for else self.queue_wait
+        self.series.finished(wait, inference, self.prefill_time)
 
     def _run(self) -> None:
         last = time.monotonic()

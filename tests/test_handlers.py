@@ -479,3 +479,32 @@ def test_scale_up_and_hold_read_no_per_pod_data(world, events):
     pool.tick(operator)
     pool.tick(operator)
     assert operator.running.asked == [] and not any(c[0] == "annotate" for c in kube.calls)
+
+
+def test_an_objective_puts_measured_attainment_in_status_metrics_and_observations(world, events, monkeypatch):
+    """The handler passes the last window's share to decide() and writes status.slo and the gauges."""
+    operator, kube, reader = world
+    asked = []
+
+    def results_at(url, named, at):
+        asked.append(at)
+        sample = lambda v: [{"metric": {"namespace": "serving", "pool": "llama"}, "value": [at, str(v)]}]  # noqa: E731
+        return {"attainment": sample(0.995), "windows": sample(100), "last_good": sample(0.97)}
+
+    reader.results_at, reader.settings = results_at, observe.QuerySettings()
+    pools = observe.Pools(metrics(rate=12.0, service=1.5, queue_buckets=((1.0, 5.0), (2.0, 9.0), (math.inf, 10.0))))
+    pools.scrape_interval = 15.0
+    reader.pools = pools
+    seen = []
+    real_decide = policy.decide
+    monkeypatch.setattr(policy, "decide", lambda spec, obs, history: seen.append(obs) or real_decide(spec, obs, history))
+    pool = Pool({**SPEC, "slo": {**SPEC["slo"], "objective": 0.99}})
+    status = pool.tick(operator)
+    assert status["slo"]["attainment"] == 0.995 and status["slo"]["errorBudgetRemaining"] == pytest.approx(0.5)
+    assert status["slo"]["measuredWindows"] == 100 and status["slo"]["lastWindowGoodShare"] == 0.97
+    assert seen[-1].slo_window_end == asked[-1] and asked[-1] % 60 == 0 and seen[-1].slo_window_good == 0.97
+    registry = operator.metrics.registry
+    labels = {"namespace": "serving", "pool": "llama"}
+    assert registry.get_sample_value("inferencepool_error_budget_remaining", labels) == pytest.approx(0.5)
+    operator.forget(body=kopf.Body(pool.raw))
+    assert registry.get_sample_value("inferencepool_slo_attainment", labels) is None

@@ -131,6 +131,15 @@ def test_price_as_string_or_number(price):
         ("engine.extraArgs", ['--disable-log-stats'], "spec.engine.extraArgs: must not set --disable-log-stats: the operator sizes the pool from the engine metrics"),
         ("engine.extraArgs", [' --served-model-name'], "spec.engine.extraArgs: must not set --served-model-name: the operator sets it: use spec.model.name"),
         ("engine.extraArgs", ['--shutdown-timeout=5'], "spec.engine.extraArgs: must not set --shutdown-timeout: the operator sets it: use spec.drain.gracePeriodSeconds"),
+        ("slo.objective", 1.0, "spec.slo.objective: must be a number strictly between 0 and 1"),
+        ("slo.objective", 0, "spec.slo.objective: must be a number strictly between 0 and 1"),
+        ("slo.window", "1 minute", "spec.slo.window: must be a whole number with one unit"),
+        ("slo.window", 60, "spec.slo.window: must be a whole number with one unit"),
+        ("slo.window", "3s", "spec.slo.window: must be at least 4s"),
+        ("slo.period", "7days", "spec.slo.period: must be a whole number with one unit"),
+        ("slo.period", "30s", "spec.slo.period: must be a whole number of windows (slo.window 60s)"),
+        ("slo.period", "90s", "spec.slo.period: must be a whole number of windows (slo.window 60s), got 90s: e.g. 60s"),
+        ("slo.period", "30d", "spec.slo.period: holds 43200 windows of 60s, more than 20160"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(path, value, message):
@@ -222,3 +231,11 @@ def test_arrival_rate_query_is_optional_and_kept_as_written():
     assert parse(MINIMAL).arrival_query is None
     query = 'sum(rate(gateway_requests_total{route="llama"}[2m]))'
     assert parse(with_(MINIMAL, "metrics.arrivalRateQuery", query)).arrival_query == query
+
+
+def test_slo_objective_window_and_period():
+    config = parse(with_(with_(with_(MINIMAL, "slo.objective", 0.99), "slo.window", "5m"), "slo.period", "30d"))
+    assert (config.policy.slo_objective, config.slo_window, config.slo_period) == (0.99, "5m", "30d")
+    default = parse(MINIMAL)
+    assert (default.policy.slo_objective, default.slo_window, default.slo_period) == (None, "60s", "7d")
+    assert parse(with_(with_(MINIMAL, "slo.window", "4s"), "slo.period", "1h")).slo_window == "4s"

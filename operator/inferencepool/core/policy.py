@@ -80,9 +80,10 @@ class Observations:
     service_concurrency: float | None = None  # running per replica while service_time was measured; None: running now
     kv_cache_usage: float | None = None  # mean vllm:kv_cache_usage_perc over replicas (0-1)
     preemptions: float | None = None  # vllm:num_preemptions_total increase over the window
-    # The last complete SLO window (one minute): when it ended, and the share of its requests within the SLO
-    # target. From vLLM's queue-time histogram, whose bucket bounds include 10 s:
-    # increase(vllm:request_queue_time_seconds_bucket{le="10.0"}[1m]) / increase(..._count[1m]) at the minute's end.
+    # The last complete SLO window (spec.slo.window, one minute by default): when it ended (unix s in the
+    # operator), and the share of its requests within the SLO target. The operator reads it from vLLM's
+    # queue-time (or TTFT) histogram, increase(bucket{le=target}[w]) / increase(count[w]) (operator/slo.py,
+    # interpolated between bounds); the simulator counts it exactly.
     slo_window_end: float | None = None
     slo_window_good: float | None = None  # None: no request in the window
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import kopf
 
-from inferencepool.operator import drain, logs, observe, spec as pool_spec, status as pool_status, workload
+from inferencepool.operator import drain, logs, observe, slo as pool_slo, spec as pool_spec, status as pool_status, workload
 from inferencepool.core import policy
 from inferencepool.operator.metrics import OperatorMetrics
 
@@ -224,6 +224,9 @@ class Operator:
             metrics, prometheus_error = None, str(error)
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
         obs = observe.observations(metrics, now, current, ready, len(stuck), cold_start)
+        slo_status, window_end, window_good, slo_note = pool_slo.measure(self.reader, config, pools, metrics,
+                                                                         namespace, name, now)
+        obs = replace(obs, slo_window_end=window_end, slo_window_good=window_good)
         history = policy.History.from_dict(pool_status.history_from_status(status))
         decision = policy.decide(config.policy, obs, history)
 
@@ -247,17 +250,19 @@ class Operator:
         previous_conditions = status.get("conditions")
         conditions_now = pool_status.conditions(
             config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation, missing,
-            arrival_problem, metrics, window_note,
+            arrival_problem, metrics, window_note, slo_note,
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)
         patch.status.update(
             pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation,
-                                        getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None))
+                                        getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None),
+                                        slo_status)
         )
         self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
         self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
         self.metrics.record_status(namespace, name, config.policy, decision, conditions_now, patch.status)
+        self.metrics.record_slo(namespace, name, slo_status)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     def forget(self, body, **_) -> None:

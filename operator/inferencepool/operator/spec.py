@@ -42,6 +42,8 @@ DEFAULTS = {
     "gpu.perReplica": 1,
     "slo.metric": "QueueWait",
     "slo.percentile": 0.99,
+    "slo.window": "60s",
+    "slo.period": "7d",
     "minReplicas": 1,
     "scaleDown.stabilizationWindowSeconds": 300,
     "scaleDown.maxStep": 1,
@@ -108,6 +110,8 @@ class PoolConfig:
     matchers: str  # extra PromQL label matchers, e.g. 'cluster="eu-1"'
     arrival_query: str | None  # PromQL giving the pool's arrival rate (a gateway's counter); wins when set
     currency: str
+    slo_window: str = "60s"  # the SLO scoring window, a PromQL duration
+    slo_period: str = "7d"  # the period attainment is measured over
 
     @property
     def slots(self) -> int:
@@ -210,6 +214,40 @@ def _horizon(spec: Mapping) -> float | None:
     return float(value)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MIN_SLO_WINDOW_SECONDS = 4  # the CRD's floor: 4 scrapes at a 1 s interval; the real floor is 4 scrape intervals
+MAX_SLO_WINDOWS = 20160  # windows per period (7 d of 30 s), so one attainment query stays cheap for Prometheus
+
+
+def _duration(spec: Mapping, path: str, minimum: int) -> tuple[str, int]:
+    """A one-unit duration such as 60s or 7d, as written (PromQL reads it) and in seconds."""
+    value = _lookup(spec, path)
+    match = re.fullmatch(r"([1-9][0-9]*)([smhdw])", value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise SpecError(path, f"must be a whole number with one unit (s, m, h, d or w) such as 60s or 7d, got {value!r}")
+    seconds = int(match[1]) * _DURATION_UNITS[match[2]]
+    if seconds < minimum:
+        raise SpecError(path, f"must be at least {minimum}s, got {value!r}")
+    return match[0], seconds
+
+
+def _slo_windows(spec: Mapping) -> tuple[float | None, str, str]:
+    """(objective, window, period); the period must hold a whole number of windows, and not too many."""
+    objective = _lookup(spec, "slo.objective", None)
+    if objective is not None:
+        objective = _number(spec, "slo.objective", lambda o: 0 < o < 1,
+                            "a number strictly between 0 and 1 such as 0.99 (99% of windows), or unset")
+    window, window_s = _duration(spec, "slo.window", MIN_SLO_WINDOW_SECONDS)
+    period, period_s = _duration(spec, "slo.period", 1)
+    if period_s < window_s or period_s % window_s:
+        raise SpecError("slo.period", f"must be a whole number of windows (slo.window {window}), got {period}: "
+                        f"e.g. {max(period_s // window_s, 1) * window_s}s")
+    if period_s // window_s > MAX_SLO_WINDOWS:
+        raise SpecError("slo.period", f"holds {period_s // window_s} windows of {window}, more than {MAX_SLO_WINDOWS}: "
+                        "lengthen slo.window or shorten slo.period")
+    return objective, window, period
+
+
 def parse(spec: Mapping) -> PoolConfig:
     """The pool's config, or SpecError naming the first field that cannot be used."""
     if not isinstance(spec, Mapping):
@@ -232,6 +270,7 @@ def parse(spec: Mapping) -> PoolConfig:
             "maxGPUs",
             f"must be at least minReplicas x gpu.perReplica = {min_replicas * gpus} so the warm floor fits, got {max_gpus}",
         )
+    objective, slo_window, slo_period = _slo_windows(spec)
     price = _number(spec, "cost.gpuHourPrice", lambda p: p >= 0, 'a price >= 0 such as "2.50"')
     policy = PoolSpec(
         slo_metric=SLO_METRICS[metric],
@@ -250,6 +289,7 @@ def parse(spec: Mapping) -> PoolConfig:
         forecast_quantile=_number(spec, "prediction.quantile", lambda q: 0.5 <= q < 1, "a number in [0.5, 1), e.g. 0.9"),
         max_metrics_age_seconds=float(_integer(spec, "metrics.maxAgeSeconds", 1, 86400)),
         gpu_hour_price=price,
+        slo_objective=objective,
     )
     name = _text(spec, "model.name")
     memory, memory_limit = _quantity(spec, "engine.resources.memory"), _quantity(spec, "engine.resources.memoryLimit")
@@ -294,4 +334,6 @@ def parse(spec: Mapping) -> PoolConfig:
         matchers=(_lookup(spec, "metrics.matchers", "") or "").strip(),
         arrival_query=_text(spec, "metrics.arrivalRateQuery", None),
         currency=_text(spec, "cost.currency"),
+        slo_window=slo_window,
+        slo_period=slo_period,
     )
