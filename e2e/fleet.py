@@ -2,14 +2,21 @@
 the pool's *Ready* pods as the operator scales them on the test bed.
 
 - Capacity: every `poll` seconds the pool's pods are listed from the apiserver by the pool's label selector
-  (inferencepool.operator.workload.selector) and those with condition Ready=True counted; capacity = ready x slots.
-  Nothing connects to a pod IP (they point nowhere).
+  (inferencepool.operator.workload.selector); each pod with condition Ready=True and no deletionTimestamp
+  takes requests, up to `slots` at once. Nothing connects to a pod IP (they point nowhere).
 - Load: Poisson arrivals (seeded) at a programmed rate profile `rate(t)` (t = seconds since start), each
-  with an exponential service time; FIFO queue; a request starts when a slot is free.
-- Metrics: vLLM's series (vllm:request_success_total, num_requests_running/waiting, the inference / queue /
-  prefill / e2e / time-to-first-token histograms) with `pool` and `namespace` labels on 127.0.0.1, in the
-  format vLLM's prometheus_client negotiates (a Prometheus 2.x scrape stores them escaped, vllm_*).
-- Records: every request's (arrival time, queue wait); `timeline` of (t, rate, ready, running, waiting).
+  with an exponential service time; FIFO queue (a router's); a request starts on the least loaded pod with
+  a free slot. `submit(pod, service)` puts a request on one pod directly.
+- Termination, as a kubelet and vLLM would do it: a pod being deleted takes no new request and finishes
+  the ones it runs; those still running at its deletionTimestamp (now + its grace period, set by the API
+  server) are aborted. KWOK removes a deleted pod after a second, so a pod that vanished before it was
+  seen terminating drains until then + its terminationGracePeriodSeconds.
+- Metrics: vLLM's series (vllm:request_success_total by finished_reason, num_requests_waiting,
+  num_requests_running per pod with a `pod` label, the inference / queue / prefill / e2e /
+  time-to-first-token histograms) with `pool` and `namespace` labels on 127.0.0.1, in the format vLLM's
+  prometheus_client negotiates (a Prometheus 2.x scrape stores them escaped, vllm_*).
+- Records: every request's (arrival time, queue wait, pod, outcome); `timeline` of (t, rate, ready, running,
+  waiting); `aborted`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -44,6 +51,20 @@ class Request:
     arrival: float      # seconds since the fleet started
     service: float
     wait: float | None = None  # queue wait, once it started
+    pod: str | None = None
+    outcome: str | None = None  # "stop" (finished) or "abort" (cut off by its pod's termination)
+    finished: float | None = None
+
+
+@dataclass
+class Pod:
+    name: str
+    grace: float  # terminationGracePeriodSeconds
+    ready: bool = False  # takes new requests
+    terminating_since: float | None = None  # fleet time the deletion was seen
+    deadline: float | None = None  # fleet time by which a terminating pod is killed
+    gone: bool = False  # no longer in the API
+    running: set = field(default_factory=set)  # ids of its running requests
 
 
 class Fleet:
@@ -56,6 +77,9 @@ class Fleet:
         self.service_time, self.prefill_time, self.poll, self.tick = service_time, prefill_time, poll, tick
         self.rng = random.Random(seed)
         self.ready = 0
+        self.pods: dict[str, Pod] = {}
+        self.aborted = 0
+        self.max_tick_gap = 0.0
         self.requests: list[Request] = []
         self.timeline: list[tuple[float, float, int, int, int]] = []
         self._queue: deque[Request] = deque()
@@ -65,10 +89,11 @@ class Fleet:
         self._threads: list[threading.Thread] = []
         self._server = None
         self.port = 0
-        self.t0 = time.monotonic()
+        self.t0, self.t0_wall = time.monotonic(), time.time()
 
         self.registry = CollectorRegistry()
-        self.series = VllmSeries(self.registry, {"model_name": pool, "engine": "0", "pool": pool, "namespace": namespace})
+        self.series = VllmSeries(self.registry, {"model_name": pool, "engine": "0", "pool": pool, "namespace": namespace},
+                                 per_pod=True)
 
     @property
     def target(self) -> str:
@@ -80,20 +105,46 @@ class Fleet:
     # ---------------------------------------------------------------- capacity from the apiserver
 
     def count_ready(self) -> int:
+        """Sync the pods from the apiserver; the number that take requests."""
         selector = ",".join(f"{k}={v}" for k, v in workload.selector(self.pool).items())
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        return sum(1 for p in pods if p.metadata.deletion_timestamp is None and any(
-            c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])))
+        items = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        with self._lock:
+            self._sync_pods(items)
+            return self.ready
+
+    def _sync_pods(self, items) -> None:
+        t, seen = self.now(), set()
+        for p in items:
+            name = p.metadata.name
+            seen.add(name)
+            pod = self.pods.setdefault(name, Pod(name, float(p.spec.termination_grace_period_seconds or 30)))
+            deleting = p.metadata.deletion_timestamp
+            if deleting is not None and pod.deadline is None:
+                pod.terminating_since, pod.deadline = t, deleting.timestamp() - self.t0_wall
+            pod.ready = deleting is None and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+        for pod in self.pods.values():
+            if pod.name not in seen and not pod.gone:
+                pod.gone, pod.ready = True, False
+                if pod.deadline is None:
+                    pod.terminating_since, pod.deadline = t, t + pod.grace
+        self.ready = sum(p.ready for p in self.pods.values())
 
     def _watch_pods(self) -> None:
         while not self._stop.is_set():
             try:
-                ready = self.count_ready()
-                with self._lock:
-                    self.ready = ready
-            except Exception:  # noqa: BLE001 - an apiserver hiccup keeps the last count
+                self.count_ready()
+            except Exception:  # noqa: BLE001 - an apiserver hiccup keeps the last view
                 pass
             self._stop.wait(self.poll)
+
+    def submit(self, pod: str, service: float) -> Request:
+        """A request straight onto one pod (what a sticky client or prefix-affinity router does)."""
+        with self._lock:
+            t = self.now()
+            req = Request(t, service, wait=0.0)
+            self.requests.append(req)
+            self._start(req, self.pods[pod], t)
+            return req
 
     # ---------------------------------------------------------------- the queue
 
@@ -109,19 +160,42 @@ class Fleet:
             self._queue.append(req)
         while self._running and self._running[0][0] <= t:
             _, _, req = heapq.heappop(self._running)
-            self.series.finished(req.wait, req.service, self.prefill_time)
-        capacity = self.ready * self.slots
-        while self._queue and len(self._running) < capacity:
-            req = self._queue.popleft()
-            req.wait = max(t - req.arrival, 0.0)
-            heapq.heappush(self._running, (t + req.service, id(req), req))
-        self.series.running.set(len(self._running))
+            self._end(req, t, "stop")
+        for pod in self.pods.values():  # the kubelet kills what is still running at the deadline
+            if pod.deadline is not None and pod.deadline <= t and pod.running:
+                cut = [entry for entry in self._running if id(entry[2]) in pod.running]
+                self._running = [entry for entry in self._running if id(entry[2]) not in pod.running]
+                heapq.heapify(self._running)
+                for _, _, req in cut:
+                    self._end(req, t, "abort")
+        while self._queue:
+            free = [p for p in self.pods.values() if p.ready and len(p.running) < self.slots]
+            if not free:
+                break
+            self._start(self._queue.popleft(), min(free, key=lambda p: (len(p.running), p.name)), t)
+        for pod in self.pods.values():  # a pod's vLLM exports while it serves or drains
+            self.series.pod_running(pod.name, len(pod.running) if pod.ready or pod.running else None)
         self.series.waiting.set(len(self._queue))
+
+    def _start(self, req: Request, pod: Pod, t: float) -> None:
+        req.wait, req.pod = max(t - req.arrival, 0.0), pod.name
+        pod.running.add(id(req))
+        heapq.heappush(self._running, (t + req.service, id(req), req))
+
+    def _end(self, req: Request, t: float, outcome: str) -> None:
+        req.outcome, req.finished = outcome, t
+        self.pods[req.pod].running.discard(id(req))
+        if outcome == "stop":
+            self.series.finished(req.wait, req.service, self.prefill_time)
+        else:
+            self.aborted += 1
+            self.series.aborted.inc()
 
     def _serve_loop(self) -> None:
         last, next_sample = self.now(), 0.0
         while not self._stop.wait(self.tick):
             t = self.now()
+            self.max_tick_gap = max(self.max_tick_gap, t - last)  # a starved loop makes waits up to this long
             with self._lock:
                 self._step(t, t - last)
                 if t >= next_sample:
@@ -142,8 +216,8 @@ class Fleet:
     def start(self) -> Fleet:
         self._server = serve(self.registry, "127.0.0.1", 0)
         self.port = self._server.server_port
-        self.ready = self.count_ready()
-        self.t0 = time.monotonic()
+        self.t0, self.t0_wall = time.monotonic(), time.time()
+        self.count_ready()
         for target in (self._watch_pods, self._serve_loop):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()

@@ -137,6 +137,7 @@ def test_helm_install_on_the_bed_with_least_privilege(cluster, namespace):
             ("patch", "deployments.apps", []),
             ("patch", "services", []),
             ("list", "pods", []),
+            ("patch", "pods", []),  # the deletion cost before a scale-down
             ("create", "events", []),
         ]:
             assert can_i(cluster, verb, resource, other, sa, *extra), f"cannot {verb} {resource} {extra}"

@@ -3,7 +3,9 @@ RBAC, run as a process) scales the vLLM Deployments, KWOK makes their pods Ready
 and e2e/fleet.py serves the requests with exactly the Ready pods' slots.
 
 Two pools side by side, same seed, same load: `ahead` (prediction on) and `reactive` (prediction off).
-Asserted: few requests of the burst wait beyond the SLO with prediction, no more than reactively; replicas
+Asserted: few requests of the burst wait beyond the SLO with prediction, no more than reactively; no
+request in flight is cut off by a scale-down (the fleet models termination: a deleted pod finishes its
+requests within its grace period, the rest would be aborted); replicas
 never under the warm floor; pods on H100 nodes; scale-down only after the stabilisation window; status and
 Events give the reason. Figures (replicas timeline, SLO share, scale-ahead lead time) go to stdout (-s) and
 to $IPOOL_CLOSED_LOOP_REPORT if set.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 import time
 from datetime import datetime
 from pathlib import Path
@@ -103,6 +106,8 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
         pod_nodes = {p["spec"].get("nodeName") for p in pods}
         events = {n: pool_events(cluster, namespace, n) for n in POOLS}
         statuses = {n: get_pool(cluster, namespace, n)["status"] for n in POOLS}
+        aborted = {r["metric"]["pool"]: float(r["value"][1]) for r in prom.query(
+            'sum by (pool) (vllm:request_success_total{finished_reason="abort"})')}
     finally:
         for fleet in fleets.values():
             fleet.stop()
@@ -127,7 +132,16 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
                         "peak need (replicas)": need, "ready capacity met need at": met,
                         "met - burst start (s)": None if met is None else round(met - BURST[0], 1),
                         "met - peak reached (s)": None if met is None else round(met - (T_BASE + T_RAMP), 1),
-                        "first scale-down at": first_down and round(first_down["t"])}
+                        "first scale-down at": first_down and round(first_down["t"]),
+                        "over SLO by 10 s of arrival": {int(t): n for t, n in sorted(Counter(
+                            10 * (r.arrival // 10) for r in fleets[name].requests
+                            if BURST[0] <= r.arrival < BURST[1] and (r.wait or 0) > SLO_SECONDS).items())},
+                        "longest fleet tick (s)": round(fleets[name].max_tick_gap, 2),
+                        "requests cut off by a scale-down": fleets[name].aborted,
+                        "pods deleted": sum(p.terminating_since is not None for p in fleets[name].pods.values()),
+                        "requests finished by a terminating pod": sum(
+                            1 for r in fleets[name].requests if r.finished is not None and r.pod is not None
+                            and (fleets[name].pods[r.pod].terminating_since or r.finished) < r.finished)}
         fleets[name].report = report[name]
         fleets[name].decisions = ds
     text = json.dumps(report, indent=1, default=str)
@@ -141,6 +155,8 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
     assert ahead.report["share over SLO"] <= reactive.report["share over SLO"] + 0.02, report
     assert ahead.report["ready capacity met need at"] is not None
     for name, fleet in fleets.items():
+        # (a') scale-down drained: no request in flight was cut off (pods being deleted finish theirs)
+        assert fleet.aborted == 0 and aborted[name] == 0.0, (name, fleet.aborted, aborted)
         # (b) never under the warm floor, never over the cap
         assert all(WARM_FLOOR <= d["replicas"] <= MAX_REPLICAS for d in fleet.decisions), name
         assert min(r[2 + list(POOLS).index(name)] for r in timeline if r[2 + list(POOLS).index(name)] is not None) >= WARM_FLOOR

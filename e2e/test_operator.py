@@ -272,7 +272,8 @@ def test_operator_sizes_the_pool_by_erlang_c(cluster, namespace, operator, prome
         (owner,) = obj["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("InferencePool", name, pool["metadata"]["uid"], True)
     template = deployment["spec"]["template"]["spec"]
-    assert template["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert template["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "32Gi"},
+                                                      "limits": {"nvidia.com/gpu": "1", "memory": "64Gi"}}
     assert template["nodeSelector"] == {"nvidia.com/gpu.product": H100}
 
     # Pods land on H100 nodes and turn Ready after the bed's cold start; status says so.

@@ -42,7 +42,7 @@ class VllmSeries:
     (model_name and reason); request_success has one child per finished_reason from the start.
     """
 
-    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str], per_pod: bool = False):
         names = tuple(labels)
 
         def histogram(name, doc, buckets):
@@ -52,6 +52,7 @@ class VllmSeries:
                           (*names, "finished_reason"), registry=registry)
         self.finished_by_reason = {r: success.labels(**labels, finished_reason=r) for r in FINISHED_REASONS}
         self.success = self.finished_by_reason["stop"]
+        self.aborted = self.finished_by_reason["abort"]  # vLLM's reason for a cut-off request
         no_engine = {k: v for k, v in labels.items() if k != "engine"}
         rejections = Counter("vllm:admission_rejections", "Number of admission attempts rejected by a queue limit, by reason.",
                              (*no_engine, "reason"), registry=registry)
@@ -59,8 +60,12 @@ class VllmSeries:
         self.rejections = self.rejected_by_reason["max_num_queued_reqs"]
         self.generation_tokens = Counter("vllm:generation_tokens", "Number of generation tokens processed.", names,
                                          registry=registry).labels(**labels)
-        self.running = Gauge("vllm:num_requests_running", "Number of requests in model execution batches.", names,
-                             registry=registry).labels(**labels)
+        # per_pod: one running series per pod (label `pod`), as Prometheus has it from each vLLM pod's scrape
+        running = Gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
+                        (*names, "pod") if per_pod else names, registry=registry)
+        self.running_by_pod = running if per_pod else None
+        self.running = None if per_pod else running.labels(**labels)
+        self._labels = labels
         self.waiting = Gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", names,
                              registry=registry).labels(**labels)
         self.inference = histogram("vllm:request_inference_time_seconds", "RUNNING phase time.", LATENCY_BUCKETS)
@@ -68,6 +73,16 @@ class VllmSeries:
         self.prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+
+    def pod_running(self, pod: str, value: float | None) -> None:
+        """Set one pod's running series (per_pod), or drop it (None) once the pod is gone."""
+        if value is None:
+            try:
+                self.running_by_pod.remove(*self._labels.values(), pod)
+            except KeyError:
+                pass
+        else:
+            self.running_by_pod.labels(**self._labels, pod=pod).set(value)
 
     def finished(self, wait: float, inference: float, prefill: float, reason: str = "stop", tokens: int = 100) -> None:
         """One finished request, in every histogram, as vLLM records it."""
@@ -132,6 +147,7 @@ class VllmExporter:
         self.rejection_rate = 0.0
         self._rejected_credit = 0.0
         self._k = 0
+        self.wait_for = None  # optional (unix time, request number) -> queue wait, for per-window SLO tests
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._server = self._ticker = None
@@ -158,7 +174,8 @@ class VllmExporter:
         self._k += 1
         u = (self._k * GOLDEN) % 1.0
         inference = -self.service_time * math.log(1.0 - u)
-        self.series.finished(self.queue_wait, inference, self.prefill_time)
+        wait = self.wait_for(time.time(), self._k) if self.wait_for else self.queue_wait
+        self.series.finished(wait, inference, self.prefill_time)
 
     def _run(self) -> None:
         last = time.monotonic()

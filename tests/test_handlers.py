@@ -34,14 +34,23 @@ class FakeKube:
         self.applied: list[str] = []
         self.scaled: list[int] = []
         self.pod_list: list[dict] = []
+        self.calls: list[tuple] = []  # ("annotate", pod, annotations) and ("scale", replicas), in order
 
     def apply(self, manifest):
+        """Server-side apply of the template manager, with its rule for spec.replicas: applying it makes
+        the manager an owner; omitting it drops the manager's claim, and a field nobody owns is removed
+        (the Deployment falls back to Kubernetes' default of 1)."""
         key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
         self.applied.append(manifest["kind"])
         if manifest["kind"] == "Deployment":
-            replicas = manifest["spec"].get("replicas", 1)  # Kubernetes' default when nobody sets it
-            live = self.deployments.setdefault(key, {"spec": {"replicas": replicas}, "status": {}, "metadata": {}})
-            live["metadata"] = {**copy.deepcopy(manifest["metadata"]), "managedFields": live["metadata"].get("managedFields", [])}
+            live = self.deployments.setdefault(key, {"spec": {"replicas": 1}, "status": {}, "metadata": {}})
+            fields = [e for e in live["metadata"].get("managedFields", []) if e["manager"] != handlers.FIELD_MANAGER]
+            if "replicas" in manifest["spec"]:
+                live["spec"]["replicas"] = manifest["spec"]["replicas"]
+                fields.append({"manager": handlers.FIELD_MANAGER, "fieldsV1": {"f:spec": {"f:replicas": {}}}})
+            elif not handlers.replicas_managers({"metadata": {"managedFields": fields}}):
+                live["spec"]["replicas"] = 1
+            live["metadata"] = {**copy.deepcopy(manifest["metadata"]), "managedFields": fields}
 
     def deployment(self, namespace, name):
         return copy.deepcopy(self.deployments.get((namespace, name)))
@@ -49,7 +58,20 @@ class FakeKube:
     def pods(self, namespace, name):
         return self.pod_list
 
+    def annotate_pod(self, namespace, name, annotations):
+        self.calls.append(("annotate", name, dict(annotations)))
+        for pod in self.pod_list:
+            if pod["metadata"]["name"] == name:
+                pod["metadata"].setdefault("annotations", {}).update(annotations)
+
+    def own_replicas(self, namespace, name, replicas):
+        live = self.deployments[(namespace, name)]
+        assert live["spec"]["replicas"] == replicas  # a claim, not a change
+        live["metadata"]["managedFields"].append(
+            {"manager": handlers.SCALER_MANAGER, "fieldsV1": {"f:spec": {"f:replicas": {}}}})
+
     def scale(self, namespace, name, replicas, manager=handlers.SCALER_MANAGER):
+        self.calls.append(("scale", replicas))
         live = self.deployments[(namespace, name)]
         live["spec"]["replicas"] = replicas
         live["metadata"]["managedFields"] = [{"manager": manager, "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
@@ -73,6 +95,19 @@ class FakeReader:
 
     def value(self, url, promql):
         return self.values[promql]
+
+
+class FakeRunning:
+    """Per-pod running requests, as drain.RunningReader returns them."""
+
+    def __init__(self):
+        self.running: dict[str, float] = {}
+        self.asked: list[tuple] = []
+        self.last_error = None
+
+    def read(self, url, namespace, pool, matchers=""):
+        self.asked.append((url, namespace, pool, matchers))
+        return dict(self.running)
 
 
 class Pool:
@@ -110,7 +145,7 @@ def events(monkeypatch):
 def world():
     kube, reader = FakeKube(), FakeReader()
     config = handlers.OperatorConfig(interval=3)
-    operator = handlers.Operator(config, reader, kube, OperatorMetrics(CollectorRegistry()))
+    operator = handlers.Operator(config, reader, kube, OperatorMetrics(CollectorRegistry()), running=FakeRunning())
     return operator, kube, reader
 
 
@@ -416,3 +451,101 @@ def test_an_invalid_field_caught_by_decide_is_invalid_metrics_too(world, events)
     reader.pools = metrics(rate=5e6, service=1.5)  # above decide()'s 1e6/s bound, below observe's 1e12
     c = condition(Pool().tick(operator), "MetricsAvailable")
     assert (c["status"], c["reason"]) == ("False", "InvalidMetrics") and "arrival_rate" in c["message"]
+
+
+def test_a_spec_change_never_resets_the_replica_count():
+    kube = FakeKube()
+    operator = handlers.Operator(handlers.OperatorConfig(), FakeReader(), kube, OperatorMetrics(CollectorRegistry()))
+    pool = Pool({**SPEC, "minReplicas": 3})
+    pool.tick(operator, handler="ensure")
+    (live,) = kube.deployments.values()
+    assert handlers.replicas_managers(live) == {handlers.FIELD_MANAGER, handlers.SCALER_MANAGER}
+    pool.raw["spec"]["slo"]["targetSeconds"] = 5  # any edit re-applies the template, which has no replicas
+    pool.tick(operator, handler="ensure")
+    assert live["spec"]["replicas"] == 3 and kube.scaled == []
+    # a Deployment created before the scaler co-owned its count: the scaler claims it before the apply
+    live["metadata"]["managedFields"] = [{"manager": handlers.FIELD_MANAGER, "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    pool.tick(operator, handler="ensure")
+    assert live["spec"]["replicas"] == 3 and handlers.SCALER_MANAGER in handlers.replicas_managers(live)
+
+
+def _pod(name, cost=None, terminating=False):
+    meta = {"name": name, "annotations": {} if cost is None else {"controller.kubernetes.io/pod-deletion-cost": cost}}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def _scaled_up_then_down(operator, kube, reader):
+    """A pool scaled up whose load falls so that the next tick removes one replica."""
+    pool = Pool({**SPEC, "scaleDown": {"stabilizationWindowSeconds": 0, "maxStep": 1}})
+    reader.pools = metrics(rate=6.0, service=1.0)
+    pool.tick(operator)
+    up = kube.scaled[-1]
+    kube.set_ready(up)
+    kube.calls.clear()
+    reader.pools = metrics(rate=0.5, service=1.0)
+    pool.tick(operator)
+    return up
+
+
+def test_scale_down_first_marks_the_idlest_pods(world, events):
+    operator, kube, reader = world
+    kube.pod_list = [_pod("a"), _pod("b", cost="7"), _pod("c", cost="1"), _pod("d"), _pod("gone", terminating=True)]
+    operator.running.running = {"a": 5.0, "b": 0.4, "c": 1.0, "gone": 0.0}  # d: no series
+    up = _scaled_up_then_down(operator, kube, reader)
+    assert up >= 2 and kube.scaled[-1] == up - 1
+    # a and b change, c already right, d has no data and keeps its annotation, the terminating pod is left alone
+    assert kube.calls == [
+        ("annotate", "a", {"controller.kubernetes.io/pod-deletion-cost": "5"}),
+        ("annotate", "b", {"controller.kubernetes.io/pod-deletion-cost": "0"}),
+        ("scale", up - 1),
+    ]
+    assert operator.running.asked == [(None, "serving", "llama", "")]
+
+
+def test_no_per_pod_data_leaves_the_annotations_and_still_scales_down(world, events):
+    operator, kube, reader = world
+    kube.pod_list = [_pod("a", cost="3"), _pod("b")]
+    up = _scaled_up_then_down(operator, kube, reader)
+    assert kube.calls == [("scale", up - 1)]
+    assert kube.pod_list[0]["metadata"]["annotations"] == {"controller.kubernetes.io/pod-deletion-cost": "3"}
+
+
+def test_scale_up_and_hold_read_no_per_pod_data(world, events):
+    operator, kube, reader = world
+    kube.pod_list = [_pod("a")]
+    reader.pools = metrics(rate=12.0, service=1.5)
+    pool = Pool()
+    pool.tick(operator)
+    pool.tick(operator)
+    assert operator.running.asked == [] and not any(c[0] == "annotate" for c in kube.calls)
+
+
+def test_an_objective_puts_measured_attainment_in_status_metrics_and_observations(world, events, monkeypatch):
+    """The handler passes the last window's share to decide() and writes status.slo and the gauges."""
+    operator, kube, reader = world
+    asked = []
+
+    def results_at(url, named, at):
+        asked.append(at)
+        sample = lambda v: [{"metric": {"namespace": "serving", "pool": "llama"}, "value": [at, str(v)]}]  # noqa: E731
+        return {"attainment": sample(0.995), "windows": sample(100), "last_good": sample(0.97)}
+
+    reader.results_at, reader.settings = results_at, observe.QuerySettings()
+    pools = observe.Pools(metrics(rate=12.0, service=1.5, queue_buckets=((1.0, 5.0), (2.0, 9.0), (math.inf, 10.0))))
+    pools.scrape_interval = 15.0
+    reader.pools = pools
+    seen = []
+    real_decide = policy.decide
+    monkeypatch.setattr(policy, "decide", lambda spec, obs, history: seen.append(obs) or real_decide(spec, obs, history))
+    pool = Pool({**SPEC, "slo": {**SPEC["slo"], "objective": 0.99}})
+    status = pool.tick(operator)
+    assert status["slo"]["attainment"] == 0.995 and status["slo"]["errorBudgetRemaining"] == pytest.approx(0.5)
+    assert status["slo"]["measuredWindows"] == 100 and status["slo"]["lastWindowGoodShare"] == 0.97
+    assert seen[-1].slo_window_end == asked[-1] and asked[-1] % 60 == 0 and seen[-1].slo_window_good == 0.97
+    registry = operator.metrics.registry
+    labels = {"namespace": "serving", "pool": "llama"}
+    assert registry.get_sample_value("inferencepool_error_budget_remaining", labels) == pytest.approx(0.5)
+    operator.forget(body=kopf.Body(pool.raw))
+    assert registry.get_sample_value("inferencepool_slo_attainment", labels) is None

@@ -507,3 +507,23 @@ def test_the_arrival_rate_query_refuses_absurd_values():
     assert observe.scalar_result([sample(1e308)])[0] is None
     assert observe.scalar_result([sample(-1)])[0] is None
     assert observe.scalar_result([sample(12.5)]) == (12.5, None)
+
+
+def test_results_at_a_past_time_are_asked_once_per_time_and_the_old_ones_dropped():
+    class AtClient:
+        def __init__(self):
+            self.calls = []
+
+        def custom_query(self, query, params=None):
+            self.calls.append((query, params["time"]))
+            return [{"metric": {}, "value": [0, "1"]}]
+
+    client, now = AtClient(), [0.0]
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: now[0])
+    named = {"a": "up", "b": "vector(1)"}
+    assert reader.results_at(None, named, 960.0)["a"] == [{"metric": {}, "value": [0, "1"]}]
+    now[0] = 50.0  # past the ttl, same window: the answer for 960 cannot have changed
+    reader.results_at(None, named, 960.0)
+    assert client.calls == [("up", "960.000"), ("vector(1)", "960.000")]
+    reader.results_at(None, named, 1020.0)
+    assert len(client.calls) == 4 and not [k for k in reader._cache if k[0] == "at" and k[2] == 960.0]  # noqa: SLF001

@@ -168,3 +168,38 @@ def test_falling_demand_lets_the_forecast_hold_capacity_but_not_add_it():
     assert d.constraint == "falling_demand" and "demand is falling" in d.reason
     rising = observe(rate=SEED_RATE * 1.9, time=450.0, current=31)
     assert decide(spec, rising, history).replicas > decide(reactive(), rising).replicas  # ahead on the way up
+
+
+def test_error_budget_feedback_moves_the_headroom_once_per_window():
+    from inferencepool.core.policy import FEEDBACK_STEP
+
+    spec = PoolSpec(max_replicas=100, prediction=False, slo_objective=0.99)
+    missed = decide(spec, observe(current=30, slo_window_end=60.0, slo_window_good=0.95))
+    assert missed.history.headroom == pytest.approx(math.exp(FEEDBACK_STEP))  # 95% within 10 s < p99: a miss
+    again = decide(spec, observe(current=30, time=15.0, slo_window_end=60.0, slo_window_good=0.95), missed.history)
+    assert again.history.headroom == missed.history.headroom  # the same window is folded in once
+    met = decide(spec, observe(current=30, time=60.0, slo_window_end=120.0, slo_window_good=1.0), again.history)
+    assert met.history.headroom == pytest.approx(math.exp(FEEDBACK_STEP * (1 - 0.01 / 0.99)))
+    idle = decide(spec, observe(current=30, time=75.0, slo_window_end=180.0, slo_window_good=None), met.history)
+    assert idle.history.headroom == met.history.headroom  # a window without requests says nothing
+    off = decide(PoolSpec(max_replicas=100, prediction=False),
+                 observe(current=30, slo_window_end=60.0, slo_window_good=0.5))
+    assert off.history.headroom == 1.0
+
+
+def test_the_headroom_factor_sizes_for_a_higher_rate():
+    spec = PoolSpec(max_replicas=100, prediction=False, slo_objective=0.99)
+    history = History(headroom=1.5)
+    raised = decide(spec, observe(current=30), history)
+    plain = decide(PoolSpec(max_replicas=100, prediction=False), observe(rate=SEED_RATE * 1.5, current=30))
+    assert raised.replicas == plain.replicas > decide(PoolSpec(max_replicas=100, prediction=False), observe(current=30)).replicas
+    assert History.from_dict(json.loads(json.dumps(raised.history.to_dict()))).headroom == 1.5
+
+
+def test_a_backlog_adds_the_capacity_to_drain_it_within_the_drain_time():
+    plain = decide(reactive(), observe(current=30, waiting=4.0))
+    drained = decide(reactive(backlog_drain_seconds=10.0), observe(current=30, waiting=4.0))
+    # 4 waiting x 15 s of work / 10 s = 6 more replicas than the steady-state Erlang-C answer (30)
+    assert plain.replicas == 30 and drained.replicas == 36 and drained.required_replicas == 36
+    assert decide(reactive(backlog_drain_seconds=10.0), observe(current=30, waiting=0.0)).replicas == 30
+    assert decide(reactive(backlog_drain_seconds=10.0), observe(current=30)).replicas == 30  # gauge missing

@@ -1,6 +1,7 @@
 """The simulator: the fleet against queueing theory, cold starts, billing, the policies and the trace loader."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -185,3 +186,76 @@ def test_a_few_long_requests_in_a_quiet_window_do_not_size_the_fleet():
     assert quiet.replicas < observe(24.0, None, busy.history).replicas / 5
     assert quiet.history.last_service_time == 1.0  # the thin window is not remembered as the truth
     assert observe(24.0, MIN_SERVICE_SAMPLES, busy.history).history.last_service_time == 24.0
+
+
+FAST = FleetConfig(cold_start_seconds=60.0, cold_start_distribution="fixed", reconcile_seconds=15.0,
+                   rate_window_seconds=15.0, service_window_seconds=15.0, scrape_delay_seconds=0.0)
+
+
+def test_a_removed_busy_replica_is_billed_until_its_request_finishes():
+    arrivals = np.array([0.0, 1.0, 300.0])
+    service = np.array([100.0, 100.0, 0.1])  # both replicas busy when one is removed at the first tick (15 s)
+    run = run_fixed(arrivals, service, Scripted([(0.0, 2), (15.0, 1)]), FAST)
+    assert run.ordered[-1] == 1
+    # billed for 2 until the removed replica's request ends at 100 s, then 1 until the last arrival at 300 s
+    assert run.gpu_hours == pytest.approx((2 * 100 + 1 * 200) / 3600)
+    assert run.waits[1] == 0 and run.waits[2] == 0  # the removed replica took no new request; none was queued
+    idle = run_fixed(np.array([0.0, 300.0]), np.array([1.0, 0.1]), Scripted([(0.0, 2), (15.0, 1)]), FAST)
+    assert idle.gpu_hours == pytest.approx((2 * 15 + 1 * 285) / 3600)  # an idle replica stops billing at once
+
+
+def test_a_removed_replica_takes_no_new_requests_while_it_drains():
+    arrivals = np.array([0.0, 1.0, 50.0, 300.0])
+    service = np.array([100.0, 100.0, 10.0, 0.1])
+    run = run_fixed(arrivals, service, Scripted([(0.0, 2), (15.0, 1)]), FAST)
+    # the slot freed at 100 s belongs to the removed replica: the request queued at 50 s waits for the other (101 s)
+    assert run.waits[2] == pytest.approx(101.0 - 50.0)
+    assert run.gpu_hours == pytest.approx((2 * 100 + 1 * 200) / 3600)
+
+
+def test_every_policy_and_the_oracle_start_from_the_same_warm_fleet():
+    scenario = small_bursty_scenario()
+    start = compare.starting_replicas(scenario)
+    need = compare.oracle_need(scenario)
+    assert start == need[: int((180 + 15) // 60) + 1].max() >= 2  # the oracle's need over the first cold start
+    names = [n for n in compare.POLICIES if n != "static"]
+    for run in compare.run_policies(scenario, names):
+        assert run.ordered[0] == start, run.policy
+    fixed = compare.run_policies(replace(scenario, initial_replicas=7), ("oracle", "hpa", "predictive"))
+    assert [r.ordered[0] for r in fixed] == [7, 7, 7]
+
+
+def test_a_warm_up_before_score_from_is_neither_billed_nor_scored():
+    arrivals = np.array([0.0, 1.0, 2.0, 61.0, 62.0, 130.0])
+    run = run_fixed(arrivals, np.ones(6), baselines.Static(2))
+    run.waits = np.array([0.0, 0.0, 20.0, 1.0, 2.0, 0.0])
+    run.score_from = 60.0
+    row = report.summarise(run, PoolSpec(slo_percentile=0.99, slo_target_seconds=10.0))
+    assert row["minutes_meeting_slo"] == 1.0 and row["requests_meeting_slo"] == 1.0  # minute 0 is not scored
+    assert row["gpu_hours"] == pytest.approx(2 * 70 / 3600)
+
+
+class Recorder(Scripted):
+    """A scripted policy that keeps every Observations it is shown."""
+
+    def __init__(self, steps):
+        super().__init__(steps)
+        self.seen = []
+
+    def reconcile(self, obs, fleet):
+        self.seen.append(obs)
+        return super().reconcile(obs, fleet)
+
+
+def test_the_fleet_reports_each_minutes_share_of_requests_within_the_wait_target():
+    config = replace(FAST, slo_target_seconds=10.0, scrape_delay_seconds=15.0)
+    arrivals = np.array([0.0, 1.0, 2.0, 3.0, 70.0, 300.0])
+    service = np.array([30.0, 1.0, 1.0, 1.0, 1.0, 0.1])  # one slot: the three behind the first wait 29-30 s
+    policy = Recorder([(0.0, 1)])
+    run_fixed(arrivals, service, policy, config)
+    by_end = {o.slo_window_end: o.slo_window_good for o in policy.seen}
+    # minute 0: requests started at 0 (wait 0), 30, 31, 32 (29 s each) -> 1 of 4 within 10 s
+    assert by_end[60.0] == pytest.approx(1 / 4)
+    assert by_end[120.0] == pytest.approx(1.0) and by_end[180.0] is None
+    first = min(o.time for o in policy.seen if o.slo_window_end == 60.0)
+    assert first >= 75.0  # the minute ending at 60 s is seen once the 15 s scrape delay has passed

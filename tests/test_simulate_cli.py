@@ -12,7 +12,8 @@ def test_json_report_and_png_on_the_bundled_trace(tmp_path, capsys):
     assert cli.main(["--json", "--out", str(tmp_path), "--quiet"]) == 0
     document = json.loads(capsys.readouterr().out)
     policies = [row["policy"] for row in document["policies"]]
-    assert policies == ["static-peak", "hpa-util-0.8", "keda-queue-5", "erlang-c-reactive", "erlang-c-predictive", "oracle"]
+    assert policies == ["static-peak", "hpa-util-0.8", "keda-queue-5", "kpa-conc-0.7", "wva-kv-0.8", "dynamo-util-0.8",
+                        "erlang-c-reactive", "erlang-c-predictive", "oracle"]
     assert document["trace"]["requests"] == 8819
     for row in document["policies"]:
         assert row["gpu_hours"] > 0 and 0 <= row["minutes_meeting_slo"] <= 1

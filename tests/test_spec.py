@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,11 @@ MINIMAL = {
 }
 
 FULL = {
-    "model": {"name": "llama-70b", "source": "/models/llama-3.1-70b", "pvcName": "weights"},
+    "model": {"name": "llama-70b", "source": "/models/llama-3.1-70b", "pvcName": "weights", "cachePVCName": "hf"},
     "engine": {"image": "vllm/vllm-openai:v0.9.0", "port": 8080, "extraArgs": ["--max-model-len", "8192"],
-               "env": [{"name": "HF_HOME", "value": "/cache"}]},
+               "env": [{"name": "HF_HOME", "value": "/cache"}],
+               "resources": {"cpu": "500m", "memory": "100Gi", "memoryLimit": "200Gi", "sharedMemory": "20Gi"}},
+    "drain": {"gracePeriodSeconds": 1200, "deregisterSeconds": 30},
     "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "perReplica": 4},
     "scheduling": {"nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
     "slo": {"metric": "TimeToFirstToken", "percentile": 0.95, "targetSeconds": 2.5},
@@ -57,7 +60,10 @@ def test_minimal_spec_gets_the_defaults():
     assert p.prediction and p.prediction_horizon_seconds is None and p.default_cold_start_seconds == 180.0
     assert (p.forecast_quantile, p.max_metrics_age_seconds, p.gpu_hour_price) == (0.9, 120.0, 0.0)
     assert config.model_source == config.model_name == "meta-llama/Llama-3.1-8B-Instruct"
-    assert (config.image, config.port, config.extra_args, config.gpu_product) == ("vllm/vllm-openai:v0.10.2", 8000, (), None)
+    assert (config.image, config.port, config.extra_args, config.gpu_product) == ("vllm/vllm-openai:v0.33.0", 8000, (), None)
+    assert config.image == pool_spec.DEFAULT_IMAGE == f"vllm/vllm-openai:v{pool_spec.VLLM_VERSION}"
+    assert (config.cpu, config.memory, config.memory_limit, config.shared_memory) == ("4", "32Gi", "64Gi", "8Gi")
+    assert (config.grace_period_seconds, config.deregister_seconds, config.cache_pvc) == (600, 15, None)
     assert (config.prometheus_url, config.matchers, config.currency) == (None, "", "USD")
 
 
@@ -73,6 +79,8 @@ def test_full_spec_maps_every_field():
     assert (config.model_name, config.model_source, config.model_pvc) == ("llama-70b", "/models/llama-3.1-70b", "weights")
     assert (config.image, config.port, config.extra_args) == ("vllm/vllm-openai:v0.9.0", 8080, ("--max-model-len", "8192"))
     assert config.env == ({"name": "HF_HOME", "value": "/cache"},)
+    assert (config.cpu, config.memory, config.memory_limit, config.shared_memory) == ("500m", "100Gi", "200Gi", "20Gi")
+    assert (config.grace_period_seconds, config.deregister_seconds, config.cache_pvc) == (1200, 30, "hf")
     assert config.gpu_product == "NVIDIA-H100-80GB-HBM3"
     assert config.node_selector == {"pool": "gpu"} and config.tolerations == ({"key": "dedicated", "operator": "Exists"},)
     assert (config.prometheus_url, config.matchers, config.currency) == ("http://prom:9090", 'cluster="eu"', "EUR")
@@ -110,6 +118,28 @@ def test_price_as_string_or_number(price):
         ("engine.extraArgs", "--x", "spec.engine.extraArgs: must be a list of strs"),
         ("scheduling.nodeSelector", {"a": 1}, "spec.scheduling.nodeSelector: must map label names to string values"),
         ("metrics.arrivalRateQuery", " ", "spec.metrics.arrivalRateQuery: must be a non-empty string"),
+        ("engine.resources.cpu", "four", 'spec.engine.resources.cpu: must be a Kubernetes quantity > 0 such as "4"'),
+        ("engine.resources.memory", "0", "spec.engine.resources.memory: must be a Kubernetes quantity > 0"),
+        ("engine.resources.memory", "65Gi", "spec.engine.resources.memory: must not exceed engine.resources.memoryLimit (65Gi > 64Gi)"),
+        ("engine.resources.sharedMemory", "64Gi", "spec.engine.resources.sharedMemory: must be below engine.resources.memoryLimit"),
+        ("drain.gracePeriodSeconds", 30, "spec.drain.gracePeriodSeconds: must be between 60 and 86400"),
+        ("drain.gracePeriodSeconds", 70, "spec.drain.gracePeriodSeconds: must be at least drain.deregisterSeconds + 60 (75)"),
+        ("drain.deregisterSeconds", -1, "spec.drain.deregisterSeconds: must be between 0 and 600"),
+        ("engine.extraArgs", ['--port=9000'], "spec.engine.extraArgs: must not set --port: the operator sets it: use spec.engine.port"),
+        ("engine.extraArgs", ['--max_num_seqs'], "spec.engine.extraArgs: must not set --max-num-seqs: the operator sets it: use spec.slotsPerReplica"),
+        ("engine.extraArgs", ['-tp'], "spec.engine.extraArgs: must not set --tensor-parallel-size: the operator sets it: use spec.gpu.perReplica"),
+        ("engine.extraArgs", ['--disable-log-stats'], "spec.engine.extraArgs: must not set --disable-log-stats: the operator sizes the pool from the engine metrics"),
+        ("engine.extraArgs", [' --served-model-name'], "spec.engine.extraArgs: must not set --served-model-name: the operator sets it: use spec.model.name"),
+        ("engine.extraArgs", ['--shutdown-timeout=5'], "spec.engine.extraArgs: must not set --shutdown-timeout: the operator sets it: use spec.drain.gracePeriodSeconds"),
+        ("slo.objective", 1.0, "spec.slo.objective: must be a number strictly between 0 and 1"),
+        ("slo.objective", 0, "spec.slo.objective: must be a number strictly between 0 and 1"),
+        ("slo.window", "1 minute", "spec.slo.window: must be a whole number with one unit"),
+        ("slo.window", 60, "spec.slo.window: must be a whole number with one unit"),
+        ("slo.window", "3s", "spec.slo.window: must be at least 4s"),
+        ("slo.period", "7days", "spec.slo.period: must be a whole number with one unit"),
+        ("slo.period", "30s", "spec.slo.period: must be a whole number of windows (slo.window 60s)"),
+        ("slo.period", "90s", "spec.slo.period: must be a whole number of windows (slo.window 60s), got 90s: e.g. 60s"),
+        ("slo.period", "30d", "spec.slo.period: holds 43200 windows of 60s, more than 20160"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(path, value, message):
@@ -121,6 +151,28 @@ def test_errors_name_the_field_and_the_fix(path, value, message):
         parse(spec)
     assert str(caught.value).startswith(message)
     assert caught.value.field == path
+
+
+def test_extra_args_the_operator_does_not_own_pass_through():
+    args = ["--max-model-len", "8192", "--port-offset", "1", "--disable-log-requests", "--model-impl", "vllm",
+            "--pipeline-parallel-size", "2", "--served-model", "x"]
+    assert parse(with_(MINIMAL, "engine.extraArgs", args)).extra_args == tuple(args)
+
+
+def _crd_extra_args_rules() -> dict[str, tuple[str, str]]:
+    """{message: (CEL regex, rule)} of the CRD's extraArgs rules."""
+    crd = yaml.safe_load(CRD.read_text())
+    engine = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["engine"]
+    rules = engine["properties"]["extraArgs"]["x-kubernetes-validations"]
+    return {r["message"]: (re.fullmatch(r"!self\.exists\(a, a\.trim\(\)\.matches\('(.*)'\)\)", r["rule"]).group(1), r["rule"])
+            for r in rules}
+
+
+def test_crd_refuses_the_same_flags_as_the_parser():
+    rules = _crd_extra_args_rules()
+    expected = {f"spec.engine.extraArgs must not set {flag}: {fix}": pattern
+                for flag, pattern, fix in pool_spec.OWNED_ARGS}
+    assert {message: pattern for message, (pattern, _) in rules.items()} == expected
 
 
 def test_gpu_budget_must_fit_the_warm_floor():
@@ -179,3 +231,11 @@ def test_arrival_rate_query_is_optional_and_kept_as_written():
     assert parse(MINIMAL).arrival_query is None
     query = 'sum(rate(gateway_requests_total{route="llama"}[2m]))'
     assert parse(with_(MINIMAL, "metrics.arrivalRateQuery", query)).arrival_query == query
+
+
+def test_slo_objective_window_and_period():
+    config = parse(with_(with_(with_(MINIMAL, "slo.objective", 0.99), "slo.window", "5m"), "slo.period", "30d"))
+    assert (config.policy.slo_objective, config.slo_window, config.slo_period) == (0.99, "5m", "30d")
+    default = parse(MINIMAL)
+    assert (default.policy.slo_objective, default.slo_window, default.slo_period) == (None, "60s", "7d")
+    assert parse(with_(with_(MINIMAL, "slo.window", "4s"), "slo.period", "1h")).slo_window == "4s"

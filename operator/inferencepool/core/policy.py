@@ -37,6 +37,14 @@ class PoolSpec:
     max_metrics_age_seconds: float = 120.0  # older observations are stale: hold
     gpu_hour_price: float = 0.0
     max_token_time_seconds: float | None = None  # inter-token latency target: caps concurrency (with a curve)
+    # Error-budget feedback (off while None): the share of SLO windows that must meet the SLO. Each measured
+    # window moves a headroom factor on the planning rate: up by FEEDBACK_STEP when it missed, down by
+    # FEEDBACK_STEP x (1 - objective) / objective when it met, so it settles where 1 - objective of the
+    # windows miss: it spends a healthy budget and adds headroom while it burns, whatever the model's error.
+    slo_objective: float | None = None
+    # Transient sizing (off while None): Erlang-C is steady state; a backlog of `waiting` requests also needs
+    # the capacity to drain it within this many seconds, added on top (vllm:num_requests_waiting).
+    backlog_drain_seconds: float | None = None
 
     @property
     def replica_cap(self) -> int:
@@ -73,6 +81,12 @@ class Observations:
     service_concurrency: float | None = None  # running per replica while service_time was measured; None: running now
     kv_cache_usage: float | None = None  # mean vllm:kv_cache_usage_perc over replicas (0-1)
     preemptions: float | None = None  # vllm:num_preemptions_total increase over the window
+    # The last complete SLO window (spec.slo.window, one minute by default): when it ended (unix s in the
+    # operator), and the share of its requests within the SLO target. The operator reads it from vLLM's
+    # queue-time (or TTFT) histogram, increase(bucket{le=target}[w]) / increase(count[w]) (operator/slo.py,
+    # interpolated between bounds); the simulator counts it exactly.
+    slo_window_end: float | None = None
+    slo_window_good: float | None = None  # None: no request in the window
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,8 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) inside the scale-down window
     last_service_time: float | None = None
     last_scale_time: float | None = None
+    headroom: float = 1.0  # error-budget feedback: factor on the planning rate
+    feedback_window: float | None = None  # end of the last SLO window folded into `headroom`
 
     def to_dict(self) -> dict:
         """JSON-ready, for the pool's status: a restarted operator resumes from it."""
@@ -100,6 +116,8 @@ class History:
                 recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", ())),
                 last_service_time=data.get("last_service_time"),
                 last_scale_time=data.get("last_scale_time"),
+                headroom=float(data.get("headroom", 1.0)),
+                feedback_window=data.get("feedback_window"),
             )
         except (TypeError, ValueError):
             return cls()
@@ -139,6 +157,23 @@ class Decision:
 
 
 MIN_SERVICE_SAMPLES = 20  # completions below which a window's mean service time is blended with the last trusted
+FEEDBACK_STEP = 0.1  # log-headroom added per missed SLO window
+HEADROOM_RANGE = (0.6, 3.0)  # the feedback factor stays within this
+
+
+def feedback(spec: PoolSpec, obs: Observations, history: History) -> History:
+    """Fold a newly completed SLO window into the headroom factor (error-budget feedback; see PoolSpec)."""
+    objective = spec.slo_objective
+    end, good = obs.slo_window_end, obs.slo_window_good
+    if objective is None or spec.slo_percentile is None or end is None or good is None:
+        return history
+    if history.feedback_window is not None and end <= history.feedback_window:
+        return history
+    met = good >= spec.slo_percentile
+    step = -FEEDBACK_STEP * (1 - objective) / objective if met else FEEDBACK_STEP
+    low, high = HEADROOM_RANGE
+    headroom = min(max(history.headroom * math.exp(step), low), high)
+    return replace(history, headroom=headroom, feedback_window=end)
 
 
 def _usable(value: float | None) -> bool:
@@ -223,12 +258,16 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         return _hold_for_metrics(spec, obs, history, stale, rate_known)
 
     forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate)
-    history = replace(history, forecaster=forecaster, last_service_time=trusted)
+    history = feedback(spec, obs, replace(history, forecaster=forecaster, last_service_time=trusted))
     planning_rate, forecast_rate, horizon_s = obs.arrival_rate, None, None
     if spec.prediction:
         horizon_s = horizon(spec, obs)
         forecast_rate = fc.upper_peak(forecaster, horizon_s, spec.forecast_quantile)
         planning_rate = max(obs.arrival_rate, forecast_rate)
+    observed_rate = obs.arrival_rate
+    if spec.slo_objective is not None:
+        planning_rate *= history.headroom
+        observed_rate *= history.headroom
 
     slots = spec.slots_per_replica
     capacity = load_dependent_capacity(spec, obs, service_time) if service_time is not None else None
@@ -247,11 +286,13 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         return math.ceil(servers / slots), False
 
     required, saturated = replicas_for(planning_rate)
-    falling = planning_rate > obs.arrival_rate and required > current and obs.arrival_rate < fc.point(forecaster, 0.0)
+    if spec.backlog_drain_seconds and _usable(obs.waiting) and obs.waiting > 0:
+        required += math.ceil(obs.waiting * service_time / (spec.slots_per_replica * spec.backlog_drain_seconds))
+    falling = planning_rate > observed_rate and required > current and obs.arrival_rate < fc.point(forecaster, 0.0)
     if falling:
         # Demand is below the smoothed level, i.e. falling: the forecast may hold capacity, not add it
         # (its lagging level and bound would otherwise order replicas just as a burst ends).
-        reactive, saturated = replicas_for(obs.arrival_rate)
+        reactive, saturated = replicas_for(observed_rate)
         required = max(reactive, current)
 
     wanted, constraint = required, "falling_demand" if falling and required == current else "slo"
@@ -338,6 +379,10 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
     demand = f"arrival {obs.arrival_rate:.3g}/s"
     if d.forecast_rate is not None:
         demand += f", forecast q{spec.forecast_quantile:g} peak {d.forecast_rate:.3g}/s over {d.horizon_seconds:.0f}s"
+    if spec.backlog_drain_seconds and obs.waiting:
+        demand += f", {obs.waiting:.0f} waiting to drain within {spec.backlog_drain_seconds:g}s"
+    if spec.slo_objective is not None and d.history.headroom != 1.0:
+        demand += f", headroom x{d.history.headroom:.2f} from the error budget"
     head = {"scale_up": "scale up", "scale_down": "scale down", "hold": "hold"}[d.action]
     move = f"{head} {d.previous_replicas} -> {d.replicas}" if d.action != "hold" else f"hold at {d.replicas}"
     why = {

@@ -3,8 +3,9 @@
 - create / update / resume: server-side apply the pool's Deployment and Service (adopting existing ones).
 - a timer per pool, every `interval`: read the pool's metrics (one batched Prometheus read per interval
   serves every pool), its Deployment and pods; decide; apply the replica count (that field alone) only
-  when it changes; write status (with the decision History, so a restarted operator resumes); post an
-  Event per scale and per condition change; log one line per decision.
+  when it changes (when it falls, after setting the pods' deletion costs: drain.py, the idlest go first);
+  write status (with the decision History, so a restarted operator resumes); post an Event per scale and
+  per condition change; log one line per decision.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import kopf
 
-from inferencepool.operator import logs, observe, spec as pool_spec, status as pool_status, workload
+from inferencepool.operator import drain, logs, observe, slo as pool_slo, spec as pool_spec, status as pool_status, workload
 from inferencepool.core import policy
 from inferencepool.operator.metrics import OperatorMetrics
 
@@ -71,6 +72,14 @@ class Kube:
         selector = ",".join(f"{k}={v}" for k, v in workload.selector(pool_name).items())
         return self._plain(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
 
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """A merge patch of the pod's annotations (the deletion cost), nothing else."""
+        self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": dict(annotations)}})
+
+    def own_replicas(self, namespace: str, name: str, replicas: int) -> None:
+        """The scaler's field manager claims spec.replicas at its current value (changes nothing else)."""
+        self.scale(namespace, name, replicas)
+
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Server-side apply of spec.replicas alone, under its own field manager, so that managedFields
         tell who set the count last (the scale subresource does not record an owner for a field that
@@ -87,6 +96,12 @@ def _message(conditions, kind: str) -> str | None:
     return next((c.get("message") for c in conditions or () if c.get("type") == kind), None)
 
 
+def replicas_managers(deployment: Mapping) -> set[str]:
+    """Every field manager that owns the Deployment's spec.replicas (server-side apply can share a field)."""
+    return {entry.get("manager") for entry in (deployment.get("metadata") or {}).get("managedFields") or ()
+            if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})}
+
+
 def replicas_manager(deployment: Mapping) -> str | None:
     """Who last set the Deployment's spec.replicas, from its managedFields (None: nobody, a default)."""
     manager = None
@@ -99,11 +114,13 @@ def replicas_manager(deployment: Mapping) -> str | None:
 class Operator:
     """The handlers' bodies, with their dependencies passed in (so they can be driven without kopf)."""
 
-    def __init__(self, config: OperatorConfig, reader: observe.PrometheusReader, kube: Kube, metrics: OperatorMetrics):
+    def __init__(self, config: OperatorConfig, reader: observe.PrometheusReader, kube: Kube, metrics: OperatorMetrics,
+                 running: drain.RunningReader | None = None):
         self.config = config
         self.reader = reader
         self.kube = kube
         self.metrics = metrics
+        self.running = running or drain.RunningReader(config.prometheus_url, config.query)
 
     # ------------------------------------------------------------ helpers
 
@@ -122,14 +139,38 @@ class Operator:
             return None
 
     def _apply_workload(self, body, config: pool_spec.PoolConfig) -> dict:
+        namespace, name = body.metadata.namespace, body.metadata.name
         deployment = workload.deployment(body, config)
-        if self.kube.deployment(body.metadata.namespace, body.metadata.name) is None:
-            # A new Deployment starts at the warm floor, not at Kubernetes' default of 1 replica; later
-            # applies leave the count to the scaler's field manager.
+        live = self.kube.deployment(namespace, name)
+        if live is None:
+            # A new Deployment starts at the warm floor, not at Kubernetes' default of 1 replica, and the
+            # scaler's field manager co-owns that count from the start (below).
             deployment = {**deployment, "spec": {**deployment["spec"], "replicas": config.policy.min_replicas}}
-        self.kube.apply(deployment)
+            self.kube.apply(deployment)
+            self.kube.own_replicas(namespace, name, config.policy.min_replicas)
+        else:
+            owners = replicas_managers(live)
+            if FIELD_MANAGER in owners and SCALER_MANAGER not in owners:
+                # Server-side apply removes a field that its only owner stops applying: re-applying the
+                # template (no replicas) would drop the Deployment to 1 replica, deleting pods at random.
+                self.kube.own_replicas(namespace, name, int((live.get("spec") or {}).get("replicas") or 1))
+            self.kube.apply(deployment)
         self.kube.apply(workload.service(body, config))
         return deployment
+
+    def _mark_idlest(self, namespace: str, name: str, config: pool_spec.PoolConfig, pods: list[dict]) -> dict[str, str]:
+        """Before a scale-down: each pod's deletion cost = its running requests, so the idlest go first.
+        Without per-pod data the annotations stay as they are. Returns the costs it set."""
+        running = self.running.read(config.prometheus_url, namespace, name, config.matchers)
+        costs = drain.deletion_costs(pods, running)
+        for pod, cost in costs.items():
+            try:
+                self.kube.annotate_pod(namespace, pod, {drain.DELETION_COST: cost})
+            except Exception as error:  # noqa: BLE001 - a pod gone meanwhile; the scale-down still happens
+                log.warning("deletion cost not set", namespace=namespace, pool=name, pod=pod, error=str(error))
+        log.info("deletion costs", namespace=namespace, pool=name, running=running, set=costs,
+                 error=self.running.last_error if not running else None)
+        return costs
 
     # ------------------------------------------------------------ handlers
 
@@ -183,9 +224,14 @@ class Operator:
             metrics, prometheus_error = None, str(error)
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
         obs = observe.observations(metrics, now, current, ready, len(stuck), cold_start)
+        slo_status, window_end, window_good, slo_note = pool_slo.measure(self.reader, config, pools, metrics,
+                                                                         namespace, name, now)
+        obs = replace(obs, slo_window_end=window_end, slo_window_good=window_good)
         history = policy.History.from_dict(pool_status.history_from_status(status))
         decision = policy.decide(config.policy, obs, history)
 
+        if decision.replicas < live_replicas:
+            self._mark_idlest(namespace, name, config, pods)
         if decision.replicas != live_replicas:
             self.kube.scale(namespace, name, decision.replicas)
         if hand_edited and decision.replicas != live_replicas:
@@ -204,17 +250,19 @@ class Operator:
         previous_conditions = status.get("conditions")
         conditions_now = pool_status.conditions(
             config, obs, decision, prometheus_error, stuck[0][1] if stuck else None, now, generation, missing,
-            arrival_problem, metrics, window_note,
+            arrival_problem, metrics, window_note, slo_note,
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)
         patch.status.update(
             pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation,
-                                        getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None))
+                                        getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None),
+                                        slo_status)
         )
         self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
         self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
         self.metrics.record_status(namespace, name, config.policy, decision, conditions_now, patch.status)
+        self.metrics.record_slo(namespace, name, slo_status)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     def forget(self, body, **_) -> None:

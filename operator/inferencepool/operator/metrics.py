@@ -61,6 +61,7 @@ class OperatorMetrics:
             for labels in [k for k in list(metric._metrics) if k[:2] == (namespace, pool)]:  # noqa: SLF001
                 metric.remove(*labels)
         self.forget_status(namespace, pool)
+        self.record_slo(namespace, pool, None)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)
@@ -117,3 +118,29 @@ class OperatorMetrics:
                 g[name].remove(namespace, pool)
             except KeyError:
                 pass
+
+    # ---------------------------------------------------------------- SLO attainment (status.slo)
+
+    def _slo_gauges(self) -> dict:
+        if not hasattr(self, "_slo"):
+            r = self.registry
+            self._slo = {
+                "attainment": Gauge("inferencepool_slo_attainment", "Share of SLO windows over spec.slo.period that "
+                                    "met the percentile (measured); absent without spec.slo.objective or data.",
+                                    POOL, registry=r),
+                "errorBudgetRemaining": Gauge("inferencepool_error_budget_remaining", "Error budget left, a fraction: "
+                                              "1 - (1 - attainment) / (1 - objective), at least 0.", POOL, registry=r),
+            }
+        return self._slo
+
+    def record_slo(self, namespace: str, pool: str, slo: dict | None) -> None:
+        """Attainment and budget from status.slo; a value not known now (or None: forget) drops the series."""
+        for key, gauge in self._slo_gauges().items():
+            value = (slo or {}).get(key)
+            if value is None:
+                try:
+                    gauge.remove(namespace, pool)
+                except KeyError:
+                    pass
+            else:
+                gauge.labels(namespace, pool).set(value)

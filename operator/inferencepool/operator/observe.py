@@ -589,12 +589,34 @@ class PrometheusReader:
 
         return self._cached(("value", url, promql), fetch)
 
-    def _cached(self, key: tuple, fetch: Callable[[], object]):
+    def results_at(self, url: str | None, named: Mapping[str, str], at: float) -> dict[str, list]:
+        """Raw results of named queries evaluated at one time (unix s), shared by every pool that asks the
+        same ones (the SLO attainment queries); raises PrometheusUnavailable. A past time's answer does not
+        change, so it is kept until a later time is asked (a failure only for the ttl)."""
+        url = url or self.default_url
+
+        def fetch():
+            try:
+                return {name: self._client(url).custom_query(promql, params={"time": f"{at:.3f}"})
+                        for name, promql in named.items()}
+            except Exception as error:  # noqa: BLE001 - any failure means "not measured", never a crash
+                if self._on_error:
+                    self._on_error("slo", error)
+                return PrometheusUnavailable(f"Prometheus at {url} failed on the SLO attainment query: {error}")
+
+        with self._lock:  # earlier windows are never asked again: keep the cache from growing
+            for old in [k for k in self._cache if k[0] == "at" and k[2] < at]:
+                self._cache.pop(old, None)
+                self._locks.pop(old, None)
+        return self._cached(("at", url, at, *sorted(named.items())), fetch, keep_answers=True)
+
+    def _cached(self, key: tuple, fetch: Callable[[], object], keep_answers: bool = False):
         with self._lock:
             key_lock = self._locks.setdefault(key, threading.Lock())
         with key_lock:
             cached = self._cache.get(key)
-            if cached is None or self._clock() - cached[0] >= self.ttl:
+            expired = cached is not None and self._clock() - cached[0] >= self.ttl
+            if cached is None or (expired and not (keep_answers and not isinstance(cached[1], Exception))):
                 cached = (self._clock(), fetch())
                 self._cache[key] = cached
         if isinstance(cached[1], Exception):

@@ -115,11 +115,18 @@ def build(args: argparse.Namespace):
 
 
 def _load_kube_config(kubeconfig: str | None) -> None:
-    """The kubernetes client's config, shared with kopf's login (which reads the same sources)."""
+    """The kubernetes client's config, shared with kopf's login (which reads the same sources).
+
+    kopf's login_via_client calls load_kube_config() with no file, which reads the module default that
+    the client took from $KUBECONFIG at import: point that default at --kubeconfig too, or kopf's
+    watches and status patches would use other credentials than the Deployment writes.
+    """
     from kubernetes import config
+    from kubernetes.config import kube_config
 
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
         config.load_kube_config(config_file=kubeconfig)
         return
     try:

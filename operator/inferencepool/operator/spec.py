@@ -20,15 +20,30 @@ VERSION = "v1alpha1"
 PLURAL = "inferencepools"
 KIND = "InferencePool"
 
+# The vLLM release the default image runs (the newest on PyPI when set); workload.py decides from the
+# image's version which vLLM flags it may pass.
+VLLM_VERSION = "0.33.0"
+DEFAULT_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
+
 SLO_METRICS = {"QueueWait": "wait", "TimeToFirstToken": "ttft"}
 MEASURED = "Measured"
 
 DEFAULTS = {
-    "engine.image": "vllm/vllm-openai:v0.10.2",
+    "engine.image": DEFAULT_IMAGE,
     "engine.port": 8000,
+    # Per replica. vLLM's Kubernetes guide requests 2 CPUs / 6G and limits 20G; the weights pass through
+    # host memory while loading and /dev/shm (a memory emptyDir) counts against the limit, so more here.
+    "engine.resources.cpu": "4",
+    "engine.resources.memory": "32Gi",
+    "engine.resources.memoryLimit": "64Gi",
+    "engine.resources.sharedMemory": "8Gi",
+    "drain.gracePeriodSeconds": 600,
+    "drain.deregisterSeconds": 15,
     "gpu.perReplica": 1,
     "slo.metric": "QueueWait",
     "slo.percentile": 0.99,
+    "slo.window": "60s",
+    "slo.period": "7d",
     "minReplicas": 1,
     "scaleDown.stabilizationWindowSeconds": 300,
     "scaleDown.maxStep": 1,
@@ -41,6 +56,24 @@ DEFAULTS = {
     "cost.currency": "USD",
 }
 _REQUIRED = object()
+
+# `vllm serve` flags the operator sets itself or relies on: (flag, pattern, what to do instead). The CRD
+# refuses each with the same pattern (a CEL rule per flag; tests/test_spec.py checks they agree), and
+# parse() refuses them too. vLLM reads `--max_num_seqs` as `--max-num-seqs` and keeps the *last* of two
+# copies of a flag (vllm/utils/argparse_utils.py, FlexibleArgumentParser), so a duplicate silently wins.
+OWNED_ARGS = (
+    ("--host", r"^--host(=|$)", "the operator sets it to 0.0.0.0 so the probes and the Service reach vLLM"),
+    ("--port", r"^--port(=|$)", "the operator sets it: use spec.engine.port"),
+    ("--served-model-name", r"^--served[-_]model[-_]name(=|$)", "the operator sets it: use spec.model.name"),
+    ("--model", r"^--model(=|$)", "the operator passes the model: use spec.model.source"),
+    ("--max-num-seqs", r"^--max[-_]num[-_]seqs(=|$)", "the operator sets it: use spec.slotsPerReplica"),
+    ("--tensor-parallel-size", r"^(--tensor[-_]parallel[-_]size|-tp)(=|$)", "the operator sets it: use spec.gpu.perReplica"),
+    ("--disable-log-stats", r"^--disable[-_]log[-_]stats(=|$)",
+     "the operator sizes the pool from the engine metrics it turns off"),
+    ("--shutdown-timeout", r"^--shutdown[-_]timeout(=|$)", "the operator sets it: use spec.drain.gracePeriodSeconds"),
+)
+# Kubernetes resource.Quantity, without a sign (apimachinery's quantity pattern).
+QUANTITY = re.compile(r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
 
 class SpecError(ValueError):
@@ -59,10 +92,17 @@ class PoolConfig:
     model_name: str  # the name clients ask for (vLLM --served-model-name)
     model_source: str  # what vLLM loads: a Hugging Face id or a path inside the pod
     model_pvc: str | None  # a PersistentVolumeClaim mounted read-only at MODEL_MOUNT
+    cache_pvc: str | None  # a PersistentVolumeClaim for HF_HOME and vLLM's cache, shared by the replicas
     image: str
     port: int
     extra_args: tuple[str, ...]
     env: tuple[dict, ...]  # container env entries, passed through as written
+    cpu: str  # container request
+    memory: str  # container request
+    memory_limit: str
+    shared_memory: str  # sizeLimit of the /dev/shm memory emptyDir
+    grace_period_seconds: int  # the pod's terminationGracePeriodSeconds: covers the longest request
+    deregister_seconds: int  # preStop sleep, so endpoints and routers drop the pod before it drains
     gpu_product: str | None  # node label nvidia.com/gpu.product
     tolerations: tuple[dict, ...]  # extra pod tolerations, passed through as written
     node_selector: dict  # extra node labels the pods need
@@ -70,6 +110,8 @@ class PoolConfig:
     matchers: str  # extra PromQL label matchers, e.g. 'cluster="eu-1"'
     arrival_query: str | None  # PromQL giving the pool's arrival rate (a gateway's counter); wins when set
     currency: str
+    slo_window: str = "60s"  # the SLO scoring window, a PromQL duration
+    slo_period: str = "7d"  # the period attainment is measured over
 
     @property
     def slots(self) -> int:
@@ -138,6 +180,29 @@ def _list(spec: Mapping, path: str, item_type: type) -> tuple:
     return tuple(value)
 
 
+def _extra_args(spec: Mapping) -> tuple[str, ...]:
+    args = _list(spec, "engine.extraArgs", str)
+    for arg in args:
+        for flag, pattern, fix in OWNED_ARGS:
+            if re.search(pattern, arg.strip()):
+                raise SpecError("engine.extraArgs", f"must not set {flag}: {fix}")
+    return args
+
+
+def _quantity(spec: Mapping, path: str) -> str:
+    value = _lookup(spec, path)
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not QUANTITY.match(text) or _bytes(text) <= 0:
+        raise SpecError(path, f'must be a Kubernetes quantity > 0 such as "4", "500m" or "32Gi", got {value!r}')
+    return text
+
+
+def _bytes(quantity: str) -> float:
+    from kubernetes.utils import parse_quantity
+
+    return float(parse_quantity(quantity))
+
+
 def _horizon(spec: Mapping) -> float | None:
     value = _lookup(spec, "prediction.horizon")
     if value == MEASURED:
@@ -147,6 +212,40 @@ def _horizon(spec: Mapping) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise SpecError("prediction.horizon", f"must be Measured or a number of seconds > 0 such as 120, got {value!r}")
     return float(value)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MIN_SLO_WINDOW_SECONDS = 4  # the CRD's floor: 4 scrapes at a 1 s interval; the real floor is 4 scrape intervals
+MAX_SLO_WINDOWS = 20160  # windows per period (7 d of 30 s), so one attainment query stays cheap for Prometheus
+
+
+def _duration(spec: Mapping, path: str, minimum: int) -> tuple[str, int]:
+    """A one-unit duration such as 60s or 7d, as written (PromQL reads it) and in seconds."""
+    value = _lookup(spec, path)
+    match = re.fullmatch(r"([1-9][0-9]*)([smhdw])", value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise SpecError(path, f"must be a whole number with one unit (s, m, h, d or w) such as 60s or 7d, got {value!r}")
+    seconds = int(match[1]) * _DURATION_UNITS[match[2]]
+    if seconds < minimum:
+        raise SpecError(path, f"must be at least {minimum}s, got {value!r}")
+    return match[0], seconds
+
+
+def _slo_windows(spec: Mapping) -> tuple[float | None, str, str]:
+    """(objective, window, period); the period must hold a whole number of windows, and not too many."""
+    objective = _lookup(spec, "slo.objective", None)
+    if objective is not None:
+        objective = _number(spec, "slo.objective", lambda o: 0 < o < 1,
+                            "a number strictly between 0 and 1 such as 0.99 (99% of windows), or unset")
+    window, window_s = _duration(spec, "slo.window", MIN_SLO_WINDOW_SECONDS)
+    period, period_s = _duration(spec, "slo.period", 1)
+    if period_s < window_s or period_s % window_s:
+        raise SpecError("slo.period", f"must be a whole number of windows (slo.window {window}), got {period}: "
+                        f"e.g. {max(period_s // window_s, 1) * window_s}s")
+    if period_s // window_s > MAX_SLO_WINDOWS:
+        raise SpecError("slo.period", f"holds {period_s // window_s} windows of {window}, more than {MAX_SLO_WINDOWS}: "
+                        "lengthen slo.window or shorten slo.period")
+    return objective, window, period
 
 
 def parse(spec: Mapping) -> PoolConfig:
@@ -171,6 +270,7 @@ def parse(spec: Mapping) -> PoolConfig:
             "maxGPUs",
             f"must be at least minReplicas x gpu.perReplica = {min_replicas * gpus} so the warm floor fits, got {max_gpus}",
         )
+    objective, slo_window, slo_period = _slo_windows(spec)
     price = _number(spec, "cost.gpuHourPrice", lambda p: p >= 0, 'a price >= 0 such as "2.50"')
     policy = PoolSpec(
         slo_metric=SLO_METRICS[metric],
@@ -189,8 +289,25 @@ def parse(spec: Mapping) -> PoolConfig:
         forecast_quantile=_number(spec, "prediction.quantile", lambda q: 0.5 <= q < 1, "a number in [0.5, 1), e.g. 0.9"),
         max_metrics_age_seconds=float(_integer(spec, "metrics.maxAgeSeconds", 1, 86400)),
         gpu_hour_price=price,
+        slo_objective=objective,
     )
     name = _text(spec, "model.name")
+    memory, memory_limit = _quantity(spec, "engine.resources.memory"), _quantity(spec, "engine.resources.memoryLimit")
+    shared_memory = _quantity(spec, "engine.resources.sharedMemory")
+    if _bytes(memory) > _bytes(memory_limit):
+        raise SpecError("engine.resources.memory", f"must not exceed engine.resources.memoryLimit ({memory} > {memory_limit})")
+    if _bytes(shared_memory) >= _bytes(memory_limit):
+        raise SpecError(
+            "engine.resources.sharedMemory",
+            f"must be below engine.resources.memoryLimit ({shared_memory} >= {memory_limit}): /dev/shm is memory the limit counts",
+        )
+    grace = _integer(spec, "drain.gracePeriodSeconds", 60, 86400)
+    deregister = _integer(spec, "drain.deregisterSeconds", 0, 600)
+    if grace < deregister + 60:
+        raise SpecError(
+            "drain.gracePeriodSeconds",
+            f"must be at least drain.deregisterSeconds + 60 ({deregister + 60}) to leave time to drain, got {grace}",
+        )
     node_selector = _lookup(spec, "scheduling.nodeSelector", {})
     if not isinstance(node_selector, Mapping) or not all(isinstance(v, str) for v in node_selector.values()):
         raise SpecError("scheduling.nodeSelector", "must map label names to string values")
@@ -199,10 +316,17 @@ def parse(spec: Mapping) -> PoolConfig:
         model_name=name,
         model_source=_text(spec, "model.source", name),
         model_pvc=_text(spec, "model.pvcName", None),
+        cache_pvc=_text(spec, "model.cachePVCName", None),
         image=_text(spec, "engine.image"),
         port=_integer(spec, "engine.port", 1, 65535),
-        extra_args=_list(spec, "engine.extraArgs", str),
+        extra_args=_extra_args(spec),
         env=_list(spec, "engine.env", dict),
+        cpu=_quantity(spec, "engine.resources.cpu"),
+        memory=memory,
+        memory_limit=memory_limit,
+        shared_memory=shared_memory,
+        grace_period_seconds=grace,
+        deregister_seconds=deregister,
         gpu_product=_text(spec, "gpu.product", None),
         tolerations=_list(spec, "scheduling.tolerations", dict),
         node_selector=dict(node_selector),
@@ -210,4 +334,6 @@ def parse(spec: Mapping) -> PoolConfig:
         matchers=(_lookup(spec, "metrics.matchers", "") or "").strip(),
         arrival_query=_text(spec, "metrics.arrivalRateQuery", None),
         currency=_text(spec, "cost.currency"),
+        slo_window=slo_window,
+        slo_period=slo_period,
     )

@@ -93,6 +93,7 @@ def conditions(
     arrival_problem: str | None = None,
     metrics_read: PoolMetrics | None = None,
     window_note: str | None = None,
+    slo_note: str | None = None,
 ) -> list[dict]:
     """The conditions; `missing_message` (observe.missing_series_message) is set when the pool has no
     vLLM series at all, which gets its own reason (NoVllmSeries) and says what to check."""
@@ -138,10 +139,11 @@ def conditions(
         limited = make("ScalingLimited", True, reason, decision.reason)
     else:
         limited = make("ScalingLimited", False, "NotLimited", "the desired replicas are within the limits")
-    return [ready, metrics, saturated, limited, measurement_condition(config, metrics_read, window_note, make)]
+    return [ready, metrics, saturated, limited, measurement_condition(config, metrics_read, window_note, make, slo_note)]
 
 
-def measurement_condition(config: PoolConfig, metrics: PoolMetrics | None, window_note: str | None, make) -> dict:
+def measurement_condition(config: PoolConfig, metrics: PoolMetrics | None, window_note: str | None, make,
+                          slo_note: str | None = None) -> dict:
     """MeasurementLimited: what the operator could not measure as asked, and what it did instead."""
     limits = []
     if metrics is not None and metrics.gauges_frozen:
@@ -153,6 +155,8 @@ def measurement_condition(config: PoolConfig, metrics: PoolMetrics | None, windo
         limits.append(("BelowHistogramResolution", note))
     if window_note:
         limits.append(("WindowTooShort", window_note))
+    if slo_note:
+        limits.append(("SloWindowTooShort", slo_note))
     if not limits:
         return make("MeasurementLimited", False, "Resolved", "the windows and histograms resolve what the SLO needs")
     return make("MeasurementLimited", True, limits[0][0], "; ".join(message for _, message in limits))
@@ -169,6 +173,7 @@ def decision_status(
     generation: int | None,
     scrape_interval: float | None = None,
     rate_window: str | None = None,
+    slo: dict | None = None,
 ) -> dict:
     """The whole status patch for one decision (None deletes a key that is unknown now)."""
     policy = config.policy
@@ -210,6 +215,7 @@ def decision_status(
         "costPerHour": f"{decision.cost_per_hour(policy):.2f} {config.currency}",
         "history": json.dumps(decision.history.to_dict(), separators=(",", ":")),
         "conditions": merge_conditions(previous_conditions, conditions_now),
+        "slo": slo,  # status.slo with spec.slo.objective (operator/slo.py); None deletes it
     }
     if decision.action != "hold":
         status["lastScaleTime"] = timestamp(now)

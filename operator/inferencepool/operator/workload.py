@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 
 from inferencepool.operator.spec import GROUP, KIND, VERSION, PoolConfig
@@ -19,6 +20,35 @@ TEMPLATE_HASH = f"{GROUP}/template-hash"
 MODEL_MOUNT = "/models"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+CACHE_MOUNT = "/cache"  # model.cachePVCName: HF_HOME=/cache/huggingface, VLLM_CACHE_ROOT=/cache/vllm
+# `--shutdown-timeout SECONDS` (drain in-flight requests on SIGTERM instead of aborting them) exists
+# from vLLM 0.18.0 (vllm-project/vllm#34730, #36666; checked in the 0.17.1 / 0.18.0 / 0.33.0 wheels'
+# vllm/engine/arg_utils.py). Its default, 0, aborts everything in flight.
+SHUTDOWN_TIMEOUT_SINCE = (0, 18, 0)
+# Of the grace period, what the preStop wait leaves for SIGTERM: vLLM drains what is left for
+# SHUTDOWN_TIMEOUT seconds, then 10 s remain to exit before SIGKILL.
+DRAIN_RESERVE_SECONDS = 30
+SHUTDOWN_TIMEOUT_SECONDS = 20
+
+# preStop: sleep while the endpoints and routers drop the pod, then wait until vLLM reports nothing
+# running or waiting (its own /metrics on loopback), at most the budget. Only then does the kubelet send
+# SIGTERM. Needs python3, which every vLLM image has; works on any vLLM version, with or without
+# --shutdown-timeout. argv: port, deregister seconds, budget seconds.
+PRESTOP_SCRIPT = """\
+import re, sys, time, urllib.request
+port, deregister, budget = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+time.sleep(deregister)
+busy = re.compile(r"^vllm[:_]num_requests_(?:running|waiting)(?:[{][^}]*[}])? (\\S+)", re.M)
+deadline = time.monotonic() + budget
+while time.monotonic() < deadline:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        break
+    if sum(float(v) for v in busy.findall(text)) == 0:
+        break
+    time.sleep(1)
+"""
 
 
 def selector(pool_name: str) -> dict:
@@ -57,8 +87,21 @@ def _metadata(pool: Mapping) -> dict:
     }
 
 
+def image_version(image: str) -> tuple[int, ...] | None:
+    """The vLLM version in an image tag such as vllm/vllm-openai:v0.33.0 (None: latest, a digest, custom)."""
+    tag = image.split("@")[0].rsplit("/", 1)[-1].partition(":")[2]
+    match = re.match(r"^v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
+    return tuple(int(g or 0) for g in match.groups()) if match else None
+
+
+def drains_on_sigterm(image: str) -> bool:
+    """Whether the image's vLLM has --shutdown-timeout; an unknown version gets no flag it might refuse."""
+    version = image_version(image)
+    return version is not None and version >= SHUTDOWN_TIMEOUT_SINCE
+
+
 def vllm_command(config: PoolConfig) -> list[str]:
-    """`vllm serve <source> --port P --served-model-name N --max-num-seqs <slots>` plus extraArgs."""
+    """`vllm serve <source> --port P --served-model-name N --max-num-seqs <slots>` [TP] [drain] extraArgs."""
     command = [
         "vllm", "serve", config.model_source,
         "--host", "0.0.0.0",
@@ -66,9 +109,26 @@ def vllm_command(config: PoolConfig) -> list[str]:
         "--served-model-name", config.model_name,
         "--max-num-seqs", str(config.slots),
     ]
-    if config.gpus_per_replica > 1 and not any(a.startswith(("--tensor-parallel-size", "-tp")) for a in config.extra_args):
+    if config.gpus_per_replica > 1:
         command += ["--tensor-parallel-size", str(config.gpus_per_replica)]
+    if drains_on_sigterm(config.image):
+        command += ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT_SECONDS)]
     return command + list(config.extra_args)
+
+
+def prestop_budget_seconds(config: PoolConfig) -> int:
+    """How long preStop waits for in-flight requests after the deregistration sleep."""
+    return config.grace_period_seconds - config.deregister_seconds - DRAIN_RESERVE_SECONDS
+
+
+def _env(config: PoolConfig) -> list[dict]:
+    """The user's env, plus the cache locations on the cache PVC unless the user set them."""
+    env = list(config.env)
+    if config.cache_pvc:
+        named = {e.get("name") for e in env}
+        ours = {"HF_HOME": f"{CACHE_MOUNT}/huggingface", "VLLM_CACHE_ROOT": f"{CACHE_MOUNT}/vllm"}
+        env += [{"name": k, "value": v} for k, v in ours.items() if k not in named]
+    return env
 
 
 def _probe(port_name: str, period: int, failures: int) -> dict:
@@ -81,6 +141,9 @@ def _probe(port_name: str, period: int, failures: int) -> dict:
 
 
 def pod_template(pool: Mapping, config: PoolConfig) -> dict:
+    """The vLLM pod as vLLM's Kubernetes guide (docs/deployment/k8s.md) and production-stack's chart
+    (helm/templates/deployment-vllm-multi.yaml) run it: CPU/memory requests and a memory limit, a sized
+    memory /dev/shm, the Hugging Face cache on a PVC, and a drain on termination."""
     name = pool["metadata"]["name"]
     gpus = str(config.gpus_per_replica)
     container = {
@@ -88,15 +151,27 @@ def pod_template(pool: Mapping, config: PoolConfig) -> dict:
         "image": config.image,
         "command": vllm_command(config),
         "ports": [{"name": "http", "containerPort": config.port, "protocol": "TCP"}],
-        "env": list(config.env),
-        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+        "env": _env(config),
+        "resources": {
+            "requests": {"cpu": config.cpu, "memory": config.memory, GPU_RESOURCE: gpus},
+            "limits": {"memory": config.memory_limit, GPU_RESOURCE: gpus},  # no CPU limit: throttling stalls decode
+        },
         # Loading weights can take many minutes: the startup probe allows 30, then readiness takes over.
         "startupProbe": _probe("http", period=10, failures=180),
         "readinessProbe": _probe("http", period=5, failures=3),
         "livenessProbe": _probe("http", period=10, failures=6),
+        "lifecycle": {"preStop": {"exec": {"command": [
+            "python3", "-c", PRESTOP_SCRIPT,
+            str(config.port), str(config.deregister_seconds), str(prestop_budget_seconds(config)),
+        ]}}},
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     }
-    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]  # NCCL and tensor parallelism need shm
+    # NCCL and tensor parallelism need shm; tmpfs counts against the memory limit, hence the size.
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shared_memory}}]
+    if config.cache_pvc:
+        # Weights downloaded once, not by every new replica (ReadWriteMany for replicas on several nodes).
+        container["volumeMounts"].append({"name": "cache", "mountPath": CACHE_MOUNT})
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": config.cache_pvc}})
     if config.model_pvc:
         container["volumeMounts"].append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": config.model_pvc, "readOnly": True}})
@@ -106,6 +181,7 @@ def pod_template(pool: Mapping, config: PoolConfig) -> dict:
     spec = {
         "containers": [container],
         "volumes": volumes,
+        "terminationGracePeriodSeconds": config.grace_period_seconds,
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}, *config.tolerations],
     }
     if node_selector:

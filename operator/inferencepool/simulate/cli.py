@@ -20,10 +20,14 @@ DEFAULT_GPU_HOUR_PRICE = 2.50  # USD, the same assumed on-demand H100 price as `
 
 DESCRIPTION = """\
 Replay a request trace through a simulated GPU fleet under each scaling policy, on the same arrivals and the
-same cold-start draws, and compare GPU-hours, cost and SLO attainment. Policies: static (provisioned for the
-trace's peak), hpa (utilisation 0.8, 15s sync, 300s scale-down window), queue-depth (KEDA style: 5 waiting
-per replica), reactive and predictive (our Erlang-C decide(), without and with scale-ahead) and oracle
-(clairvoyant lower bound: knows future arrivals and cold starts).
+same cold-start draws and the same warm start, and compare GPU-hours, cost and SLO attainment. Policies:
+static (provisioned for the trace's peak), hpa (Kubernetes HPA on utilisation 0.8: 15s sync, 10% tolerance,
+300s scale-down window), queue-depth (KEDA on vllm:num_requests_waiting, 5 per replica, as vLLM's
+production-stack ships it), kpa (Knative: concurrency 0.7 per slot, 60s/6s windows, panic at 200%), wva
+(llm-d's saturation analyser: KV 0.8, queue 5), dynamo (Dynamo's SLA planner: 180s interval, Kalman load
+predictor), reactive and predictive (our Erlang-C decide(), without and with scale-ahead) and oracle
+(clairvoyant lower bound: knows future arrivals and cold starts). A removed replica is billed until its
+in-flight requests finish. --sweep sweeps each family over its own knob and the warm floor instead.
 
 Defaults model a 14-32B model on one H100 per replica serving one request per slot: service time = prompt
 tokens / 8000 tok/s + output tokens x 25 ms; cold starts lognormal around 3 min; SLO p99 queue wait < 10s.
@@ -31,7 +35,7 @@ On the bundled Azure code trace (57 min, 2.6 requests/s, bursts of 30/s for seco
 replicas. Writes simulate.png and simulate.json to --out.
 """
 
-POLICY_CHOICES = ("static", "hpa", "queue-depth", "reactive", "predictive", "oracle")
+POLICY_CHOICES = ("static", "hpa", "queue-depth", "kpa", "wva", "dynamo", "reactive", "predictive", "oracle")
 
 
 def _typed(parse):
@@ -61,6 +65,10 @@ def _nonnegative_float(text: str) -> float:
     if not value >= 0:
         raise ValueError(f"{text!r} must be >= 0")
     return value
+
+
+def _warm_up(text: str) -> float | str:
+    return "repeats" if text.strip() == "repeats" else parse_duration(text)
 
 
 def _policies(text: str) -> tuple[str, ...]:
@@ -105,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rate-scale", type=_typed(_positive(float)), default=1.0, metavar="R",
                    help="multiply the request rate by R (thin below 1; copies within inter-arrival gaps above 1)")
     g.add_argument("--repeat", type=_typed(_positive(int)), default=1, metavar="N", help="play the trace N times back to back")
+    g.add_argument("--warm-up", type=_typed(_warm_up), default=0.0, metavar="DURATION",
+                   help="leave the first DURATION unscored (not billed, no SLO); 'repeats' with --repeat N scores only "
+                        "the last copy, so every policy has learnt the trace N-1 times (default 0)")
     g = parser.add_argument_group("service and fleet")
     g.add_argument("--slo", type=_typed(parse_slo), default=parse_slo("p99 wait < 10s"),
                    help="e.g. 'p99 wait < 10s' (default), 'mean wait < 2s', 'p95 ttft < 2s'")
@@ -135,6 +146,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--policies", type=_typed(_policies), default=POLICY_CHOICES,
                    help=f"comma-separated, default all: {','.join(POLICY_CHOICES)}")
     g.add_argument("--seed", type=_typed(int), default=0, help="seeds cold starts and rate scaling (default 0)")
+    g.add_argument("--sweep", action="store_true",
+                   help="the frontier instead of one operating point: every family over its own knob and the warm "
+                        "floor, GPU-hours to reach 90/95/99/99.9%% of minutes meeting the SLO; writes frontier.png/json")
+    g.add_argument("--seeds", type=_typed(_positive(int)), default=3, metavar="N",
+                   help="with --sweep: seeds --seed .. --seed+N-1; a setting reaches a level if its worst seed does (default 3)")
+    g.add_argument("--quick", action="store_true", help="with --sweep: one setting per family and floor 1 (a smoke test)")
+    g.add_argument("--jobs", type=_typed(_positive(int)), default=2, help="with --sweep: worker processes (default 2)")
     g.add_argument("--out", type=Path, default=Path("out"), help="directory for simulate.png and simulate.json (default ./out)")
     g.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -152,7 +170,12 @@ def build(args: argparse.Namespace):
     rng = np.random.default_rng([args.seed, 2])
     trace = tr.load(args.trace, rng=rng, rate_scale=args.rate_scale, format=None if args.format == "auto" else args.format,
                     columns=args.columns, time_unit=args.time_unit)
+    one = trace
     trace = tr.compress_time(tr.repeat(trace, args.repeat), args.time_scale)
+    warm_up = args.warm_up
+    if warm_up == "repeats":  # everything but the last copy, as tr.repeat lays them out
+        period = one.span + one.span / max(len(one) - 1, 1)
+        warm_up = period * (args.repeat - 1) / args.time_scale
     if len(trace) < 2:
         raise ValueError("the trace has fewer than two requests")
     slo = args.slo
@@ -171,12 +194,16 @@ def build(args: argparse.Namespace):
         scrape_delay_seconds=args.scrape_delay,
     )
     service = ServiceModel(args.prefill_tokens_per_second, args.decode_time_per_token)
-    return Scenario(trace=trace, spec=spec, fleet=fleet, service_model=service, seed=args.seed)
+    if warm_up >= trace.span:
+        raise ValueError(f"--warm-up {format_duration(warm_up)} leaves nothing of the {format_duration(trace.span)} "
+                         "trace to score; use --repeat or a shorter warm-up")
+    return Scenario(trace=trace, spec=spec, fleet=fleet, service_model=service, seed=args.seed, score_from=warm_up)
 
 
 def describe(scenario) -> list[str]:
     """What was simulated, in words: every assumption and every reshaping of the trace."""
     from inferencepool.simulate.baselines import peak_rate
+    from inferencepool.simulate.compare import starting_replicas
 
     t, f, s, m = scenario.trace, scenario.fleet, scenario.spec, scenario.service_model
     service = scenario.service
@@ -200,6 +227,9 @@ def describe(scenario) -> list[str]:
         f"service time over {format_duration(f.service_window_seconds)}, read {format_duration(f.scrape_delay_seconds)} late",
         f"SLO: {'mean' if s.slo_percentile is None else f'p{s.slo_percentile * 100:g}'} {s.slo_metric} < "
         f"{format_duration(s.slo_target_seconds)}; a minute meets it if its requests' statistic does; seed {scenario.seed}",
+        f"Fairness: every adaptive policy and the oracle start with the same {starting_replicas(scenario)} warm replicas; "
+        "a removed replica is billed until its in-flight requests finish"
+        + (f"; the first {format_duration(scenario.score_from)} are not scored" if scenario.score_from else ""),
     ]
     return lines
 
@@ -229,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     scenario = build(args)
+    if args.sweep:
+        return run_sweep(args, scenario, started)
     header = describe(scenario)
     if not args.json:
         print("\n".join(header), flush=True)
@@ -267,6 +299,47 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(verdict(rows)))
         print(f"Wrote {png} and {args.out / 'simulate.json'} ({time.perf_counter() - started:.1f}s).")
     return 0
+
+
+def run_sweep(args: argparse.Namespace, scenario, started: float) -> int:
+    """--sweep: the frontier of every family on seeds --seed .. --seed+N-1, as tables, frontier.png and frontier.json."""
+    from dataclasses import replace
+
+    from inferencepool.simulate import sweep
+
+    if not args.json:
+        print("\n".join(describe(scenario)), flush=True)
+    seeded = [scenario] + [replace(build(_with_seed(args, args.seed + k)), trace=scenario.trace)
+                           for k in range(1, args.seeds)]
+    grid = sweep.QUICK if args.quick else sweep.Grid()
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet and not args.json:
+            print(f"\r  {done}/{total} runs", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    rows = sweep.run({"trace": seeded}, grid, jobs=args.jobs, progress=progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    png = sweep.plot(rows, "trace", scenario.trace.name + "".join(f"\n{n}" for n in scenario.trace.notes),
+                     args.out / "frontier.png")
+    windows, requests = sweep.frontier(rows, by="windows"), sweep.frontier(rows, by="requests")
+    (args.out / "frontier.json").write_text(json.dumps({"runs": rows, "seeds": args.seeds}, indent=1, default=str) + "\n")
+    if args.json:
+        print(json.dumps({"windows": windows, "requests": requests}, indent=1, default=str))
+        return 0
+    print()
+    print(f"GPU-hours to reach each share of minutes meeting the SLO, as a multiple of the oracle's (mean over "
+          f"{args.seeds} seeds; min-max in brackets; the cheapest setting whose worst seed gets there):")
+    print("\n".join(sweep.table(windows, "trace")))
+    print()
+    print("\n".join(sweep.table(requests, "trace", by="requests")))
+    print(f"Wrote {png} and {args.out / 'frontier.json'} ({len(rows)} runs, {time.perf_counter() - started:.0f}s).")
+    return 0
+
+
+def _with_seed(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    copy = argparse.Namespace(**vars(args))
+    copy.seed = seed
+    return copy
 
 
 class _Parser(argparse.ArgumentParser):

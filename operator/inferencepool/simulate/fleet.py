@@ -14,9 +14,9 @@ from __future__ import annotations
 import heapq
 import math
 import time as wallclock
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import numpy as np
@@ -56,6 +56,10 @@ class FleetConfig:
     service_window_seconds: float = 120.0
     burst_window_seconds: float = 15.0
     scrape_delay_seconds: float = 15.0  # how old the metrics are when the policy reads them
+    # The SLO window the queue-time histogram is read over (Observations.slo_window_*), and the SLO's wait
+    # target (a vLLM histogram bucket bound); None: not measured.
+    slo_window_seconds: float = 60.0
+    slo_target_seconds: float | None = None
 
 
 class ColdStarts:
@@ -91,12 +95,20 @@ class FleetView:
     def __init__(self, cold_starts: ColdStarts):
         self.cold_starts = cold_starts
         self.replicas_ordered_ever = 0
+        self.in_system_area = 0.0  # integral over time of requests in the pool (queued + running), to now
+        self.now = 0.0
+
+    def in_system_integral(self) -> float:
+        """Request-seconds in the pool since t=0: what Knative's queue-proxies average concurrency from."""
+        return self.in_system_area
 
     def next_cold_starts(self, n: int) -> np.ndarray:
         return self.cold_starts.upcoming(self.replicas_ordered_ever, n)
 
 
 class Policy(Protocol):
+    """A scaling policy. It may set `tick_seconds` to reconcile on its own period (default: the fleet's)."""
+
     name: str
 
     def initial_replicas(self, default: int) -> int: ...
@@ -113,17 +125,25 @@ class Run:
     waits: np.ndarray  # seconds queued before a slot started the request (inf: never served)
     prefill: np.ndarray  # seconds of prefill, for TTFT
     change_times: np.ndarray  # replica counts change at these times (the first is 0)
-    ordered: np.ndarray  # Deployment replicas from each change time on (what is billed)
+    ordered: np.ndarray  # Deployment replicas from each change time on
     ready: np.ndarray  # Ready replicas from each change time on
     end: float  # billing stops here
     scale_events: int
     wall_seconds: float
     gpus_per_replica: int = 1
+    draining: np.ndarray | None = None  # removed replicas still finishing in-flight requests (billed)
+    score_from: float = 0.0  # GPU-hours and SLO are counted from here on (a warm-up before it is not scored)
+
+    @property
+    def billed(self) -> np.ndarray:
+        """Replicas paid for: the Deployment's, plus removed ones until their last request finishes."""
+        return self.ordered if self.draining is None else self.ordered + self.draining
 
     @property
     def gpu_hours(self) -> float:
-        durations = np.diff(np.append(self.change_times, self.end))
-        return float(np.sum(self.ordered * durations)) * self.gpus_per_replica / 3600.0
+        starts = np.maximum(self.change_times, self.score_from)
+        durations = np.maximum(np.diff(np.append(starts, max(self.end, self.score_from))), 0.0)
+        return float(np.sum(self.billed * durations)) * self.gpus_per_replica / 3600.0
 
 
 _DONE, _READY = 0, 1
@@ -138,8 +158,15 @@ def simulate(
     initial_replicas: int,
     cold_starts: ColdStarts,
     progress: Callable[[float], None] | None = None,
+    score_from: float = 0.0,
 ) -> Run:
-    """Play the trace through the fleet under `policy`; the fleet starts with `initial_replicas` warm."""
+    """Play the trace through the fleet under `policy`; the fleet starts with `initial_replicas` warm.
+
+    A removed Ready replica takes no new request and is billed until its in-flight requests finish
+    (Kubernetes sends SIGTERM, vLLM drains): with one slot per replica that is exact; with more, a pool of
+    shared slots cannot say which replica a completion belonged to, so ceil(busy retiring slots / slots)
+    replicas are billed, the fewest that could still hold them.
+    """
     started = wallclock.perf_counter()
     arr = arrivals.tolist()
     svc = service.tolist()
@@ -147,7 +174,8 @@ def simulate(
     n = len(arr)
     end = arr[-1] if n else 0.0
     slots = config.slots_per_replica
-    tick, delay = config.reconcile_seconds, config.scrape_delay_seconds
+    tick = float(getattr(policy, "tick_seconds", None) or config.reconcile_seconds)
+    delay = config.scrape_delay_seconds
     windows = (config.rate_window_seconds, config.service_window_seconds, config.burst_window_seconds)
     fleet = FleetView(cold_starts)
 
@@ -164,7 +192,8 @@ def simulate(
     gauge_t: list[float] = []
     gauge_wait: list[int] = []
     gauge_run: list[int] = []
-    changes = [(0.0, ordered, ready)]
+    changes = [(0.0, ordered, ready, 0)]
+    last_t = 0.0  # for the integral of requests in the pool (KPA's concurrency)
     scale_events = 0
     i = 0
     # The first decision waits until the metric windows are full: a fleet that has just started has no
@@ -173,15 +202,27 @@ def simulate(
     next_tick = tick * math.ceil(warm / tick)
     next_report = 0.1
 
+    started_t: list[float] = []  # when each request left the queue, and whether its wait met the SLO target
+    started_good: list[int] = [0]  # running count
+    target = config.slo_target_seconds
+    window = config.slo_window_seconds
+
     def start(j: int, now: float) -> None:
         waits[j] = now - arr[j]
         heapq.heappush(heap, (now + svc[j], _DONE, j))
+        if target is not None:
+            started_t.append(now)
+            started_good.append(started_good[-1] + (waits[j] <= target))
 
     inf = math.inf
     while True:
         t_arrival = arr[i] if i < n else inf
         t_event = heap[0][0] if heap else inf
         t_tick = next_tick if next_tick <= end else inf
+        t_next = min(t_arrival, t_event, t_tick)
+        if t_next < inf:
+            fleet.in_system_area += (t_next - last_t) * (busy + len(queue))
+            last_t = t_next
         if t_event <= t_arrival and t_event <= t_tick:
             if t_event == inf:
                 break
@@ -195,6 +236,9 @@ def simulate(
                 sum_p.append(sum_p[-1] + pre[j])
                 if retiring:
                     retiring -= 1
+                    draining = -(-retiring // slots)
+                    if draining != changes[-1][3] and now <= end:
+                        changes.append((now, ordered, ready, draining))
                 elif queue:
                     busy += 1
                     start(queue.popleft(), now)
@@ -205,7 +249,7 @@ def simulate(
                     continue  # cancelled while starting
                 measured_cold.append(now - pending.pop(j)[0])
                 ready += 1
-                changes.append((now, ordered, ready))
+                changes.append((now, ordered, ready, -(-retiring // slots)))
                 for _ in range(slots):
                     if queue:
                         busy += 1
@@ -223,11 +267,20 @@ def simulate(
         else:
             now = next_tick
             next_tick += tick
+            fleet.now = now
             gauge_t.append(now)
             gauge_wait.append(len(queue))
             gauge_run.append(busy)
-            obs = _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, gauge_wait, gauge_run,
-                           ordered, ready, measured_cold)
+            if getattr(policy, "needs_metrics", True):
+                obs = _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, gauge_wait,
+                               gauge_run, ordered, ready, measured_cold)
+                if target is not None and now - delay >= window:
+                    w_end = math.floor((now - delay) / window) * window
+                    hi, lo = bisect_left(started_t, w_end), bisect_left(started_t, w_end - window)
+                    good = (started_good[hi] - started_good[lo]) / (hi - lo) if hi > lo else None
+                    obs = replace(obs, slo_window_end=w_end, slo_window_good=good)
+            else:  # a policy with its own metric path (Knative's queue-proxies) needs only the replica counts
+                obs = Observations(time=now, current_replicas=ordered, ready_replicas=ready)
             wanted = max(int(policy.reconcile(obs, fleet)), 0)
             if wanted != ordered:
                 scale_events += 1
@@ -248,13 +301,15 @@ def simulate(
                 idle = min(free, slots)
                 free -= idle
                 retiring += slots - idle  # in-flight requests finish; their slots then disappear
-            if changes[-1][1:] != (ordered, ready):
-                changes.append((now, ordered, ready))
+            state = (ordered, ready, -(-retiring // slots))
+            if changes[-1][1:] != state:
+                changes.append((now, *state))
             if progress is not None and end > 0 and now >= next_report * end:
                 progress(now / end)
                 next_report += 0.1
 
-    times, counts, readies = (np.array(x) for x in zip(*changes))
+    changes = [c for c in changes if c[0] <= end] or changes[:1]  # billing stops at the last arrival
+    times, counts, readies, drains = (np.array(x) for x in zip(*changes))
     return Run(
         policy=policy.name,
         arrivals=arrivals,
@@ -267,6 +322,8 @@ def simulate(
         scale_events=scale_events,
         wall_seconds=wallclock.perf_counter() - started,
         gpus_per_replica=config.gpus_per_replica,
+        draining=drains,
+        score_from=score_from,
     )
 
 

@@ -39,17 +39,20 @@ def per_minute(run: Run, spec: PoolSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def replicas_at(run: Run, times: np.ndarray) -> np.ndarray:
-    """Ordered (billed) replicas at each time."""
-    return run.ordered[np.searchsorted(run.change_times, times, side="right") - 1]
+    """Billed replicas at each time (the Deployment's plus draining ones)."""
+    return run.billed[np.searchsorted(run.change_times, times, side="right") - 1]
 
 
 def summarise(run: Run, spec: PoolSpec) -> dict:
-    """The row of the report for one run."""
-    values = slo_values(run, spec)
-    _, minute_stat = per_minute(run, spec)
-    busy = ~np.isnan(minute_stat)
+    """The row of the report for one run, over its scored span (from run.score_from on)."""
+    scored = run.arrivals >= run.score_from
+    values = slo_values(run, spec)[scored]
+    minute_start, minute_stat = per_minute(run, spec)
+    busy = ~np.isnan(minute_stat) & (minute_start >= run.score_from)
     gpu_hours = run.gpu_hours
-    quantile = lambda q: float(np.quantile(run.waits, q, method="inverted_cdf")) if len(run.waits) else 0.0
+    waits = run.waits[scored]
+    span = run.end - run.score_from
+    quantile = lambda q: float(np.quantile(waits, q, method="inverted_cdf")) if len(waits) else 0.0
     return {
         "policy": run.policy,
         "gpu_hours": gpu_hours,
@@ -58,10 +61,10 @@ def summarise(run: Run, spec: PoolSpec) -> dict:
         "minutes_meeting_slo": float(np.mean(minute_stat[busy] <= spec.slo_target_seconds)) if busy.any() else 1.0,
         "p50_wait_seconds": quantile(0.5),
         "p99_wait_seconds": quantile(0.99),
-        "max_wait_seconds": float(run.waits.max()) if len(run.waits) else 0.0,
+        "max_wait_seconds": float(waits.max()) if len(waits) else 0.0,
         "scale_events": run.scale_events,
-        "mean_replicas": gpu_hours * 3600 / run.gpus_per_replica / run.end if run.end > 0 else float(run.ordered[0]),
-        "peak_replicas": int(run.ordered.max()),
+        "mean_replicas": gpu_hours * 3600 / run.gpus_per_replica / span if span > 0 else float(run.ordered[0]),
+        "peak_replicas": int(run.billed.max()),
         "wall_seconds": run.wall_seconds,
     }
 
@@ -96,7 +99,7 @@ def _time_axis(span: float) -> tuple[float, str]:
 def mean_replicas(run: Run, edges: np.ndarray) -> np.ndarray:
     """Billed replicas averaged over each bin between `edges` (the integral of the step function)."""
     times = np.append(run.change_times, run.end)
-    area = np.concatenate([[0.0], np.cumsum(run.ordered * np.diff(times))])
+    area = np.concatenate([[0.0], np.cumsum(run.billed * np.maximum(np.diff(times), 0.0))])
     return np.diff(np.interp(edges, times, area)) / np.diff(edges)
 
 

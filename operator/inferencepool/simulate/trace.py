@@ -5,6 +5,7 @@ A trace is three numpy arrays, not a list of request objects, so a week of reque
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
@@ -139,3 +140,80 @@ def repeat(trace: Trace, times: int) -> Trace:
         trace, arrivals=np.tile(trace.arrivals, times) + offsets, prompt_tokens=np.tile(trace.prompt_tokens, times),
         output_tokens=np.tile(trace.output_tokens, times), notes=trace.notes + (f"repeated {times}x back to back",),
     )
+
+
+def renewal_from_rates(starts: np.ndarray, rates: np.ndarray, cvs: np.ndarray, tokens: Trace, rng: np.random.Generator,
+                       name: str = "rates", resolution: float = 60.0, max_cv: float = 8.0) -> Trace:
+    """Arrivals of a renewal process with gamma inter-arrival times at each window's CV, following the rate.
+
+    The rate is interpolated between window centres as in from_rates; the process runs in operational time
+    (the integral of the rate), where gamma gaps with mean 1 and CV `cvs[w]` (window w) are laid end to end,
+    then mapped back to wall time. CV 1 is Poisson; above 1, arrivals come in clumps. CVs above `max_cv` are
+    clipped (said in the notes): a CV of 55 would put a whole window's requests at a handful of instants.
+    """
+    width = float(np.median(np.diff(starts))) if len(starts) > 1 else 60.0
+    origin = starts[0]
+    fine = np.arange(origin, starts[-1] + width, resolution)
+    fine_rates = np.interp(fine + resolution / 2, starts + width / 2, np.maximum(rates, 0))
+    edges_time = np.append(fine, fine[-1] + resolution) - origin
+    edges_work = np.concatenate([[0.0], np.cumsum(fine_rates * resolution)])
+    clipped = np.minimum(np.asarray(cvs, dtype=float), max_cv)
+    window_of_edge = np.minimum(((edges_time + origin - starts[0]) // width).astype(int), len(starts) - 1)
+    out, pos = [], 0.0
+    for w in range(len(starts)):
+        inside = np.flatnonzero(window_of_edge == w)
+        if len(inside) == 0:
+            continue
+        stop = edges_work[min(inside[-1] + 1, len(edges_work) - 1)]
+        shape = 1.0 / max(clipped[w], 1e-3) ** 2
+        points = np.empty(0)
+        last = pos
+        while last < stop:
+            chunk = last + np.cumsum(rng.gamma(shape, 1.0 / shape, int(max(stop - last, 0) * 1.1) + 16))
+            points = np.concatenate([points, chunk])
+            last = chunk[-1]
+        kept = points[points < stop]
+        out.append(kept)
+        if len(kept):
+            pos = kept[-1]
+    work = np.concatenate(out) if out else np.empty(0)
+    arrivals = np.interp(work, edges_work, edges_time)
+    arrivals.sort()
+    pick = rng.integers(0, len(tokens), len(arrivals))
+    many = int(np.sum(np.asarray(cvs) > max_cv))
+    return Trace(
+        name=name,
+        arrivals=arrivals - (arrivals[0] if len(arrivals) else 0.0),
+        prompt_tokens=tokens.prompt_tokens[pick],
+        output_tokens=tokens.output_tokens[pick],
+        notes=(f"renewal arrivals (gamma inter-arrivals at each {width:g}s window's CV, median "
+               f"{np.median(clipped):.2f}; {many} of {len(cvs)} windows above {max_cv:g} clipped to it) at the "
+               f"window rates, interpolated; tokens drawn from {tokens.name}",),
+    )
+
+
+def on_daily_curve(trace: Trace, days: float, trough: float, rng: np.random.Generator) -> Trace:
+    """A one-hour trace's burst pattern laid hour after hour over `days`, thinned to a daily curve.
+
+    Each hour is a copy of the trace circularly shifted by a random offset (bursts keep their shape but do
+    not recur at the same minute); each request is kept with probability m(t) = trough + (1 - trough) x
+    (1 - cos(2 pi t / 1 day)) / 2: the trace's own rate at the daily peak (t = 12 h), `trough` of it at night.
+    """
+    period = trace.span + trace.span / max(len(trace) - 1, 1)
+    hours = int(math.ceil(days * 86400.0 / period))
+    arrivals, index = [], []
+    for h in range(hours):
+        shifted = (trace.arrivals + rng.uniform(0, period)) % period
+        order = np.argsort(shifted, kind="stable")
+        arrivals.append(h * period + shifted[order])
+        index.append(order)
+    arrivals, index = np.concatenate(arrivals), np.concatenate(index)
+    keep = arrivals < days * 86400.0
+    level = trough + (1 - trough) * (1 - np.cos(2 * np.pi * arrivals / 86400.0)) / 2
+    keep &= rng.random(len(arrivals)) < level
+    arrivals, index = arrivals[keep], index[keep]
+    note = (f"{trace.name}'s burst pattern hour after hour (each hour circularly shifted at random) over {days:g} "
+            f"days, thinned to a daily curve from {trough:g}x at midnight to 1x at noon")
+    return Trace(name=f"{trace.name} on a daily curve", arrivals=arrivals - arrivals[0],
+                 prompt_tokens=trace.prompt_tokens[index], output_tokens=trace.output_tokens[index],
+                 notes=trace.notes + (note,))
