@@ -412,6 +412,47 @@ def test_measurement_limits_are_a_condition_with_what_was_done_instead(world, ev
     assert ("Warning", "BelowHistogramResolution") in [e[:2] for e in events]
 
 
+def test_negative_or_absurd_values_with_fresh_timestamps_never_scale_down(world, events):
+    """Issue 15's probe: Prometheus answered negative values with a fresh timestamp and a pool went 5 -> 3."""
+    import time
+
+    operator, kube, reader = world
+    spec = {**SPEC, "scaleDown": {"stabilizationWindowSeconds": 0, "maxStep": 10}}
+    pool = Pool(spec)
+
+    def read(completions, waiting=2.0):
+        now = time.time()
+        results = {
+            "completion_rate": [{"metric": {"namespace": "serving", "pool": "llama"}, "value": [now, str(completions)]}],
+            "waiting": [{"metric": {"namespace": "serving", "pool": "llama"}, "value": [now, str(waiting)]}],
+            "newest_sample": [{"metric": {"namespace": "serving", "pool": "llama"}, "value": [now, str(now - 1)]}],
+            "service_mean": [{"metric": {"namespace": "serving", "pool": "llama"}, "value": [now, "1.5"]}],
+        }
+        return observe.pool_metrics(results, observe.QuerySettings())
+
+    reader.pools = read(12.0)
+    pool.tick(operator)
+    before = kube.scaled[-1]
+    assert before == erlang_c_replicas(12.0, 1.5) > 1
+    for completions, waiting, signal in ((-12.0, 2.0, "completion_rate"), (0.0, -5.0, "waiting"), (1e308, 2.0, "completion_rate")):
+        reader.pools = read(completions, waiting)
+        status = pool.tick(operator)
+        assert kube.scaled[-1] == before and status["desiredReplicas"] == before
+        c = condition(status, "MetricsAvailable")
+        assert (c["status"], c["reason"]) == ("False", "InvalidMetrics") and signal in c["message"]
+        assert "never scaling down" in c["message"]
+    reader.pools = read(0.0)  # a real zero: now it may scale down
+    pool.tick(operator)
+    assert kube.scaled[-1] < before and condition(pool.raw["status"], "MetricsAvailable")["reason"] == "MetricsFresh"
+
+
+def test_an_invalid_field_caught_by_decide_is_invalid_metrics_too(world, events):
+    operator, kube, reader = world
+    reader.pools = metrics(rate=5e6, service=1.5)  # above decide()'s 1e6/s bound, below observe's 1e12
+    c = condition(Pool().tick(operator), "MetricsAvailable")
+    assert (c["status"], c["reason"]) == ("False", "InvalidMetrics") and "arrival_rate" in c["message"]
+
+
 def test_a_spec_change_never_resets_the_replica_count():
     kube = FakeKube()
     operator = handlers.Operator(handlers.OperatorConfig(), FakeReader(), kube, OperatorMetrics(CollectorRegistry()))

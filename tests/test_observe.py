@@ -387,7 +387,7 @@ def test_a_pools_own_query_gives_one_value_or_says_why_not():
     assert observe.scalar_result([{"metric": {}, "value": [0, "4.5"]}]) == (4.5, None)
     assert observe.scalar_result([]) == (None, "returned no series")
     assert observe.scalar_result([sample(1), sample(2, pool="b")])[1].startswith("returned 2 series, not one")
-    assert observe.scalar_result([sample("NaN")]) == (None, "returned NaN")
+    assert observe.scalar_result([sample("NaN")])[1].startswith("returned NaN")
 
     class Client:
         calls = 0
@@ -470,6 +470,43 @@ def test_an_slo_below_the_smallest_queue_bucket_is_reported():
     m = observe.pool_metrics(canned(), S)[("serving", "llama")]  # queue buckets start at 0.3 s
     assert "slo.targetSeconds 0.1s is below vLLM's smallest queue-time bucket (0.3s)" in observe.resolution_note(m, "wait", 0.1)
     assert observe.resolution_note(m, "ttft", 0.1) is None  # no TTFT bucket below 0.1 s in this result
+
+
+# ---------------------------------------------------------------- impossible values (issue 15)
+
+
+@pytest.mark.parametrize("signal, value", [
+    ("completion_rate", -3.0), ("completion_rate", 1e308), ("waiting", -1), ("running", 1e308),
+    ("service_mean", -2.0), ("in_system_growth", 1e308), ("burst_rate_mean", "+Inf"),
+])
+def test_an_impossible_value_is_dropped_and_named_and_leaves_no_rate(signal, value):
+    m = observe.pool_metrics(canned(**{signal: [sample(value)]}), S)[("serving", "llama")]
+    assert m.invalid_signals == (signal,)
+    assert m.arrival_rate is None  # unknown, so decide() holds: never read as zero demand
+    obs = observe.observations(m, now=1000.0, current_replicas=5)
+    d = policy.decide(policy.PoolSpec(max_replicas=10), obs)
+    assert d.replicas == 5 and not d.metrics_available
+
+
+def test_negative_bucket_counts_are_invalid_but_a_draining_queue_is_not():
+    m = observe.pool_metrics(canned(service_buckets=[sample(-1, le="+Inf")]), S)[("serving", "llama")]
+    assert m.invalid_signals == ("service_buckets",)
+    m = observe.pool_metrics(canned(in_system_growth=[sample(-5.0)], waiting_growth=[sample(-2.0)]), S)[("serving", "llama")]
+    assert m.invalid_signals == () and m.arrival_rate == 0.0
+
+
+def test_an_impossible_value_of_another_pool_leaves_this_one_alone():
+    results = canned(completion_rate=[sample(3.0), sample(-3.0, pool="other")],
+                     newest_sample=[sample(995.0), sample(995.0, pool="other")])
+    pools = observe.pool_metrics(results, S)
+    assert pools[("serving", "llama")].invalid_signals == () and pools[("serving", "llama")].arrival_rate == pytest.approx(3.5)
+    assert pools[("serving", "other")].invalid_signals == ("completion_rate",)
+
+
+def test_the_arrival_rate_query_refuses_absurd_values():
+    assert observe.scalar_result([sample(1e308)])[0] is None
+    assert observe.scalar_result([sample(-1)])[0] is None
+    assert observe.scalar_result([sample(12.5)]) == (12.5, None)
 
 
 def test_results_at_a_past_time_are_asked_once_per_time_and_the_old_ones_dropped():

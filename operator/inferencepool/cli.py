@@ -9,6 +9,7 @@ Bad input exits 2 with one line on stderr naming the flag; never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Callable
@@ -72,9 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return status
     except ValueError as error:  # input that parsed but does not make sense together
         parser.exit(2, f"{parser.prog} {args.command}: error: {' '.join(str(error).split())}\n")
+    except BrokenPipeError:
+        # `inferencepool plan ... | head -1`: the reader left; stop quietly, as head and cat do. Point stdout
+        # at /dev/null so the exit flush does not raise again (docs.python.org/3/library/signal.html,
+        # "Note on SIGPIPE"); 141 = 128 + SIGPIPE, the status a shell shows for a tool killed by it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from inferencepool.core import forecast as fc
 from inferencepool.core.capacity import Capacity, KvState, TokenTimeCurve, effective_capacity
 from inferencepool.core.queueing import Queue, TargetUnreachable
+from inferencepool.core.sanitize import clean
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,9 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     cannot be scheduled stop further scale-up; scale-down waits out the stabilisation window and moves at
     most `scale_down_max_step` at a time.
     """
+    obs, history, invalid = clean(obs, history)  # impossible values (inf, negative, absurd) hold the pool
+    if invalid:
+        return _hold_for_metrics(spec, obs, history, False, True, invalid)
     current = obs.current_replicas
     floor, cap = spec.min_replicas, spec.replica_cap
     service_time = obs.service_time if _usable(obs.service_time) and obs.service_time > 0 else None
@@ -306,7 +310,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
 
     replicas, limited = wanted, False
     if wanted > current and obs.unschedulable_replicas > 0:
-        replicas, constraint, limited = current, "unschedulable", True
+        replicas, constraint, limited = max(current, floor), "unschedulable", True
     elif wanted < current:
         stabilised = max(r for _, r in recommendations)
         if stabilised > wanted:
@@ -341,9 +345,13 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     return replace(decision, reason=explain(spec, obs, decision))
 
 
-def _hold_for_metrics(spec: PoolSpec, obs: Observations, history: History, stale: bool, rate_known: bool) -> Decision:
+def _hold_for_metrics(
+    spec: PoolSpec, obs: Observations, history: History, stale: bool, rate_known: bool, invalid: str | None = None
+) -> Decision:
     """Without usable metrics the pool holds; it may only rise to its warm floor."""
-    if stale:
+    if invalid:
+        why = f"invalid metrics: {invalid}"
+    elif stale:
         why = f"metrics are {obs.metrics_age_seconds:.0f}s old (limit {spec.max_metrics_age_seconds:.0f}s)"
     elif not rate_known:
         why = "the arrival rate is missing or NaN"
@@ -357,8 +365,8 @@ def _hold_for_metrics(spec: PoolSpec, obs: Observations, history: History, stale
     decision = Decision(
         replicas=replicas,
         previous_replicas=obs.current_replicas,
-        constraint="metrics_missing",
-        reason=f"{move}: {why}; never scaling down without metrics",
+        constraint="metrics_invalid" if invalid else "metrics_missing",
+        reason=f"{move}: {why}; never scaling down without {'valid ' if invalid else ''}metrics",
         history=history if replicas == obs.current_replicas else replace(history, last_scale_time=obs.time),
         metrics_available=False,
     )

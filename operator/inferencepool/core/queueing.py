@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 APPROXIMATIONS = ("corrected", "allen-cunneen")
+MAX_CV = 1e6  # coefficients of variation above this are no workload, and their squares would overflow
 
 
 class UnstableQueue(ValueError):
@@ -336,6 +337,11 @@ class Queue:
             object.__setattr__(self, name, _nonnegative(name, getattr(self, name)))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (mean requests per batch), got {self.batch_size!r}")
+        for name in ("arrival_cv", "service_cv", "batch_cv"):
+            if getattr(self, name) > MAX_CV:
+                raise ValueError(f"{name} must be <= {MAX_CV:g} (its square feeds the maths), got {getattr(self, name)!r}")
+        if not math.isfinite(self.arrival_rate * self.service_time):
+            raise ValueError(f"offered load arrival_rate x service_time overflows: {self.arrival_rate!r} x {self.service_time!r}")
         if self.approximation not in APPROXIMATIONS:
             raise ValueError(f"approximation must be one of {', '.join(APPROXIMATIONS)}, got {self.approximation!r}")
 
@@ -376,9 +382,9 @@ class Queue:
         if self.approximation == "allen-cunneen" or cs2 <= 1.0:
             return 1.0
         rho = self.load / servers
-        mean = rho * (1.0 + cs2) / (2.0 * (1.0 - rho))  # in units of S
-        second = 2.0 * mean * mean + rho * 6.0 * ((1.0 + cs2) / 2.0) ** 3 / (3.0 * (1.0 - rho))
-        single = rho * second / (mean * mean) - 1.0
+        # rho E[W^2] / E[W]^2 - 1 with E[W] = rho (1 + cs^2) / (2 (1 - rho)) S, simplified so that no
+        # division by E[W]^2 remains (it underflows to 0 at a load of 1e-300)
+        single = 2.0 * rho + (1.0 + cs2) * (1.0 - rho) - 1.0
         return 1.0 + max(single - 1.0, 0.0) / (servers * servers)
 
     def _conditional_mean(self, servers: int) -> float:
@@ -455,7 +461,14 @@ class Queue:
             return 0
         a = self.load
         lower = self.min_stable_servers
-        if max_servers is not None and not (max_servers >= lower and meets(max_servers)):
+        if max_servers is not None and max_servers < lower:
+            # Refuse in O(1): the cap cannot even carry the load, and searching for the uncapped answer
+            # of a load of 1e12 Erlangs would hold the caller (an operator's handler thread) for seconds.
+            raise TargetUnreachable(
+                f"{what} needs at least {lower} servers to carry {a:.6g} Erlangs, more than max_servers={max_servers}",
+                max_servers=max_servers,
+            )
+        if max_servers is not None and not meets(max_servers):
             needed = self._solve(meets, what, None)
             raise TargetUnreachable(
                 f"{what} needs {needed} servers at {a:.6g} Erlangs, more than max_servers={max_servers}",

@@ -216,7 +216,7 @@ class Operator:
             if metrics is None or metrics.newest_sample_time is None:
                 missing = observe.missing_series_message(
                     metrics, getattr(pools, "unlabelled_series", 0), self.config.query, namespace, name)
-            elif config.arrival_query:  # the pool's own arrival signal wins over vLLM's counters
+            elif config.arrival_query and not metrics.invalid_signals:  # the pool's own signal wins over vLLM's
                 rate, problem = self.reader.value(config.prometheus_url, config.arrival_query)
                 metrics = replace(metrics, arrival_rate=rate, arrival_source="query")
                 arrival_problem = problem and f"spec.metrics.arrivalRateQuery {problem}"

@@ -192,6 +192,36 @@ def _finite(text) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# Signals that may be negative: deriv() of a draining queue. Every other one is a rate, a gauge, a count or a
+# ratio of them, never below 0. No real pool's value exceeds MAX_VALUE (1e12 requests/s, requests or
+# seconds); Prometheus answering 1e308 or -1 with a fresh timestamp is broken, and such a value read as
+# demand would scale a pool down (issue 15). Timestamps and `up` are not load and are not checked here.
+SIGNED = frozenset({"in_system_growth", "waiting_growth"})
+UNCHECKED = frozenset({"newest_sample", "targets_up", "unlabelled_series"})
+MAX_VALUE = 1e12
+
+
+def plausible(name: str, value: float) -> bool:
+    """A finite value within what a real pool can show for this signal (NaN is unknown, not invalid)."""
+    return math.isnan(value) or (math.isfinite(value) and abs(value) <= MAX_VALUE and (value >= 0 or name in SIGNED))
+
+
+def invalid_signals(results: Mapping[str, list], settings: QuerySettings) -> dict[PoolKey, tuple[str, ...]]:
+    """{pool: names of the signals with a value no real pool can have}, from the raw query results."""
+    invalid: dict[PoolKey, set[str]] = {}
+    for name, result in results.items():
+        if name in UNCHECKED:
+            continue
+        for sample in result:
+            try:
+                value = float(sample["value"][1])
+            except (TypeError, ValueError, KeyError, IndexError):
+                continue
+            if not plausible(name, value):
+                invalid.setdefault(_key(sample["metric"], settings), set()).add(name)
+    return {key: tuple(sorted(names)) for key, names in invalid.items()}
+
+
 def _key(metric: Mapping, settings: QuerySettings) -> PoolKey:
     return (metric.get(settings.namespace_label, ""), metric.get(settings.pool_label, ""))
 
@@ -244,6 +274,7 @@ class PoolMetrics:
     gauges_frozen: bool = False  # waiting/running read as stale: unchanged, nothing finished, no token
     service_cv_resolved: bool = True  # False: the histogram is too coarse for the service time; CV 1 assumed
     smallest_service_bucket: float | None = None  # seconds: vLLM's smallest latency bucket, 0.3 by default
+    invalid_signals: tuple[str, ...] = ()  # signals whose values were impossible (dropped; the pool holds)
 
 
 class Pools(dict):
@@ -262,8 +293,12 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
     A pool whose targets Prometheus knows (`up`) but that has no vLLM sample is present with
     newest_sample_time None, so that its status can say the scrape works but the series are missing.
     """
+    invalid = invalid_signals(results, settings)
     vec = {name: parse_vector(results.get(name, []), settings) for name in results if not name.endswith("_buckets")}
     hist = {name: parse_buckets(results.get(name, []), settings) for name in results if name.endswith("_buckets")}
+    for key, names in invalid.items():  # an impossible value is unknown, never zero demand
+        for name in names:
+            (hist if name.endswith("_buckets") else vec).get(name, {}).pop(key, None)
 
     def get(name: str, key: PoolKey) -> float | None:
         return vec.get(name, {}).get(key)
@@ -309,6 +344,8 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             ttft_buckets=tuple(hist.get("ttft_buckets", {}).get(key, [])),
             targets_up=get("targets_up", key),
         )
+        if key in invalid:  # one impossible signal makes the whole reading suspect: no rate, so the pool holds
+            pools[key] = replace(pools[key], arrival_rate=None, invalid_signals=invalid[key])
     return pools
 
 
@@ -405,7 +442,8 @@ def scalar_result(result: list) -> tuple[float | None, str | None]:
     if len(result) > 1:
         return None, f"returned {len(result)} series, not one: aggregate it, e.g. sum(...)"
     value = _finite(result[0]["value"][1])
-    return (value, None) if value is not None and value >= 0 else (None, f"returned {result[0]['value'][1]}")
+    ok = value is not None and 0 <= value <= MAX_VALUE
+    return (value, None) if ok else (None, f"returned {result[0]['value'][1]}, not a rate in [0, {MAX_VALUE:g}]")
 
 
 def find(pools: Mapping[PoolKey, PoolMetrics], namespace: str, name: str) -> PoolMetrics | None:

@@ -112,6 +112,13 @@ def conditions(
         metrics = make("MetricsAvailable", False, "PrometheusUnavailable", f"{prometheus_error}; {decision.reason}")
     elif missing_message:
         metrics = make("MetricsAvailable", False, "NoVllmSeries", f"{missing_message}; {decision.reason}")
+    elif metrics_read is not None and metrics_read.invalid_signals:
+        signals = ", ".join(metrics_read.invalid_signals)
+        metrics = make("MetricsAvailable", False, "InvalidMetrics",
+                       f"Prometheus returned impossible values (negative, infinite or above 1e12) for {signals}: "
+                       f"dropped as unknown; {decision.reason}")
+    elif decision.constraint == "metrics_invalid":
+        metrics = make("MetricsAvailable", False, "InvalidMetrics", decision.reason)
     elif obs.metrics_age_seconds > config.policy.max_metrics_age_seconds:
         metrics = make("MetricsAvailable", False, "MetricsStale", decision.reason)
     else:

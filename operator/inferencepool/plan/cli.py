@@ -13,7 +13,7 @@ from typing import Callable
 
 from inferencepool.core.units import format_duration, parse_duration, parse_rate, parse_slo
 from inferencepool.plan.planner import (
-    DEFAULT_GPU_HOUR_PRICE, HOURS_PER_MONTH, ApiPricing, Requirements, make_plan, plan_to_dict,
+    DEFAULT_GPU_HOUR_PRICE, HOURS_PER_MONTH, MAX_OFFERED_LOAD, ApiPricing, Requirements, make_plan, plan_to_dict,
 )
 
 
@@ -72,6 +72,15 @@ def _nonnegative(text: str) -> float:
     return value
 
 
+def _cv(text: str) -> float:
+    """A coefficient of variation in [0, 100]: 100 is an index of dispersion of 10,000, beyond any real
+    workload (and core/sanitize.py's bound for the operator); its square must not overflow the maths."""
+    value = _nonnegative(text)
+    if value > 100:
+        raise ValueError(f"{text!r} is above 100; expected a coefficient of variation such as 1 (Poisson) or 2.5")
+    return value
+
+
 def _count(minimum: int) -> Callable[[str], int]:
     def count(text: str) -> int:
         allowed = f"a whole number >= {minimum}"
@@ -98,9 +107,9 @@ def add_parser(subparsers) -> None:
                           help="requests per unit time, e.g. 100/min, 2/s, 5000/h (plain number = per second)")
     workload.add_argument("--service-time", required=True, metavar="DURATION", type=_typed(_positive_duration),
                           help="mean time a slot is busy with one request, e.g. 15s, 800ms")
-    workload.add_argument("--arrival-cv", metavar="CV", type=_typed(_nonnegative), default=1.0,
+    workload.add_argument("--arrival-cv", metavar="CV", type=_typed(_cv), default=1.0,
                           help="coefficient of variation of inter-arrival times (1 = Poisson; default 1)")
-    workload.add_argument("--service-cv", metavar="CV", type=_typed(_nonnegative), default=1.0,
+    workload.add_argument("--service-cv", metavar="CV", type=_typed(_cv), default=1.0,
                           help="coefficient of variation of service times (1 = exponential; default 1)")
     target = parser.add_argument_group("target (at least one; both are met if both given)")
     target.add_argument("--slo", type=_typed(parse_slo),
@@ -148,6 +157,10 @@ def _plan_inputs(args: argparse.Namespace):
         raise ValueError(f"--slo target must be > 0, got '{args.slo}'")
     if args.min_replicas is not None and args.max_replicas is not None and args.min_replicas > args.max_replicas:
         raise ValueError(f"--min-replicas {args.min_replicas} is above --max-replicas {args.max_replicas}")
+    load = args.arrival_rate * args.service_time
+    if not load <= MAX_OFFERED_LOAD:
+        raise ValueError(f"--arrival-rate x --service-time is {load:.3g} Erlangs of offered load, above "
+                         f"{MAX_OFFERED_LOAD:g}: check their units, e.g. 100/min and 15s")
     given = [dest for dest in _API_FLAGS if getattr(args, dest) is not None]
     api = None
     if given:

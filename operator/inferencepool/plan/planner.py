@@ -23,6 +23,10 @@ NAIVE_MAX_UTILIZATION = 0.8
 DEFAULT_REPORT_PERCENTILE = 0.99
 # Break-even search gives up beyond this many replicas (treated as "never").
 _BREAK_EVEN_MAX_REPLICAS = 10**8
+# Inputs beyond these are a unit mistake, not a fleet: refused at once rather than searched for (a load of
+# 1e12 Erlangs took 6.5 s, and a utilisation of 1e-300 asked numpy for an array of 1e151 terms).
+MAX_OFFERED_LOAD = 1e9  # Erlangs: a billion busy slots
+MAX_SERVERS = 10**10
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,11 @@ class Requirements:
                 f"{self.wait_target:g}s; it must be > 0"
             )
         self.queue  # validates the cvs
+        if self.arrival_rate * self.service_time > MAX_OFFERED_LOAD:
+            raise ValueError(
+                f"arrival_rate x service_time = {self.arrival_rate * self.service_time:.3g} Erlangs is above "
+                f"{MAX_OFFERED_LOAD:g}: check their units"
+            )
 
     @property
     def queue(self) -> Queue:
@@ -101,6 +110,8 @@ def servers_needed(req: Requirements) -> int:
             needed = queue.servers_for_wait_quantile(req.wait_target, req.slo.percentile)
     if req.max_utilization is not None:
         needed = max(needed, queue.servers_for_utilization(req.max_utilization))
+    if needed > MAX_SERVERS:
+        raise ValueError(f"the target needs {needed:.3g} slots, above {MAX_SERVERS:g}: check max_utilization (--max-utilization) and the SLO (--slo)")
     return needed
 
 
