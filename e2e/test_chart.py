@@ -69,7 +69,6 @@ def test_helm_lint_is_clean(helm, variant):
     (["watch.allNamespaces=false", "watch.namespaces={Bad_NS}"], "namespaces"),
     (["intervalSeconds=0"], "intervalSeconds"),
     (["rateWindow=two minutes"], "rateWindow"),
-    (["metricPrefix=vllm_"], "metricPrefix"),  # gone: both spellings are read without configuration
     (["scrapeIntervalSeconds=0"], "scrapeIntervalSeconds"),
     (["metrics.port=70000"], "port"),
     (["replicas=2"], "replicas"),  # a typo of replicaCount: unknown keys are refused
@@ -83,6 +82,8 @@ def test_schema_rejects_bad_values(helm, sets, field):
 
 def test_rendered_args_are_the_operators_real_flags(helm):
     args, container, deployment = operator_args(render(helm))
+    # 0.1.x's metricPrefix is accepted (helm upgrade --reuse-values) and changes nothing: both spellings are read
+    assert operator_args(render(helm, "--set", "metricPrefix=vllm_"))[1] == container
     assert args.all_namespaces and not args.namespace and args.peering is None
     assert args.interval == 15 and args.rate_window == "2m" and args.scrape_interval is None  # measured
     assert operator_args(render(helm, "--set", "scrapeIntervalSeconds=30"))[0].scrape_interval == 30.0

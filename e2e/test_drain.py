@@ -77,9 +77,10 @@ def test_scale_down_removes_the_idlest_pods_and_drains_in_flight_requests(  # no
         for _ in range(8):
             fleet.submit(a, LONG)
         draining = [fleet.submit(c, DRAINING) for _ in range(4)]
-        per_pod = f'sum by (pod) (vllm:num_requests_running{{pool="{POOL}"}})'
+        # The fleet's exporter negotiates the format as vLLM does: Prometheus 2.42 stores the names escaped, vllm_*
+        per_pod = f'sum by (pod) (vllm_num_requests_running{{pool="{POOL}"}})'
         prom.wait_for(f'{per_pod} >= 8', timeout=60)
-        prom.wait_for(f'sum(vllm:request_success_total{{pool="{POOL}"}}) >= 10', timeout=60)  # a service time
+        prom.wait_for(f'sum(vllm_request_success_total{{pool="{POOL}"}}) >= 10', timeout=60)  # a service time
 
         cluster.kubectl("-n", namespace, "patch", "ipool", POOL, "--type=merge", "-p", '{"spec": {"minReplicas": 1}}')
         cluster.wait_until(lambda: replicas(cluster, namespace, POOL) == 1, timeout=90, desc="scaled down to 1")
@@ -87,9 +88,9 @@ def test_scale_down_removes_the_idlest_pods_and_drains_in_flight_requests(  # no
         cluster.wait_until(lambda: all(r.outcome for r in draining), timeout=DRAINING + 30, desc="C's requests finished")
         # the exporter's counts, from a scrape after C's requests ended
         ended = time.time()
-        prom.wait_for(f'timestamp(vllm:num_requests_waiting{{pool="{POOL}"}}) > {ended:.3f}', timeout=30)
-        stopped = prom.query(f'sum(vllm:request_success_total{{pool="{POOL}", finished_reason="stop"}})')
-        aborted = prom.query(f'sum(vllm:request_success_total{{pool="{POOL}", finished_reason="abort"}})')
+        prom.wait_for(f'timestamp(vllm_num_requests_waiting{{pool="{POOL}"}}) > {ended:.3f}', timeout=30)
+        stopped = prom.query(f'sum(vllm_request_success_total{{pool="{POOL}", finished_reason="stop"}})')
+        aborted = prom.query(f'sum(vllm_request_success_total{{pool="{POOL}", finished_reason="abort"}})')
         costs = deletion_cost_logs(op)
         pods = {name: fleet.pods[name] for name in (a, b, c)}
         requests = list(fleet.requests)
