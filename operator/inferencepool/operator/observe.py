@@ -368,8 +368,9 @@ def resolution_note(metrics: PoolMetrics | None, slo_metric: str, slo_target: fl
                      f"(smallest {metrics.smallest_service_bucket:g}s): its CV cannot be read, 1.0 is assumed")
     if not notes:
         return None
-    return "; ".join(notes) + (". vLLM 0.33 can set finer buckets with --custom-histogram-buckets "
-                               "(engine.extraArgs); older versions cannot")
+    return "; ".join(notes) + (". The operator sets latency buckets from 0.01s on images tagged vLLM >= 0.32; for "
+                               "another image set --custom-histogram-buckets in engine.extraArgs (vLLM >= 0.32); "
+                               "older versions cannot")
 
 
 def gauges_frozen(
