@@ -561,3 +561,6 @@ def test_the_reader_keeps_a_bounded_spaced_history_of_pairs_and_decide_sizes_wit
         results.update(running_mean=[sample(float(k + 1))])
         pairs = observe.find(small.read(), "serving", "llama").token_time_points
     assert [n for n, _ in pairs] == [3.0, 4.0, 5.0]  # the newest CURVE_POINTS only
+    small.forget("serving", "llama")  # a deleted pool's history goes; a new one starts afresh
+    now[0] += 31
+    assert observe.find(small.read(), "serving", "llama").token_time_points == ((5.0, 0.01),)

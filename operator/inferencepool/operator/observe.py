@@ -625,6 +625,12 @@ class PrometheusReader:
     def _client(self, url: str):
         return self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted pool's (running, token time) history, so the reader's memory stays bounded."""
+        with self._lock:
+            for key in [k for k in self._curves if k[2] in ((namespace, name), ("", name))]:
+                del self._curves[key]
+
     def _with_curve_points(self, url: str, matchers: str, pools: Pools) -> Pools:
         """Add each pool's new (running, token time) pair to its bounded history and attach the history."""
         now = self._clock()
