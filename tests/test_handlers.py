@@ -87,6 +87,7 @@ class FakeReader:
     def __init__(self):
         self.pools: dict | Exception = {}
         self.values: dict[str, tuple] = {}
+        self.forgotten: list[tuple[str, str]] = []
 
     def read(self, url=None, matchers=""):
         if isinstance(self.pools, Exception):
@@ -95,6 +96,9 @@ class FakeReader:
 
     def value(self, url, promql):
         return self.values[promql]
+
+    def forget(self, namespace, name):
+        self.forgotten.append((namespace, name))
 
 
 class FakeRunning:
@@ -549,3 +553,4 @@ def test_an_objective_puts_measured_attainment_in_status_metrics_and_observation
     assert registry.get_sample_value("inferencepool_error_budget_remaining", labels) == pytest.approx(0.5)
     operator.forget(body=kopf.Body(pool.raw))
     assert registry.get_sample_value("inferencepool_slo_attainment", labels) is None
+    assert reader.forgotten == [("serving", "llama")]  # the reader drops its per-token-time history too

@@ -527,3 +527,77 @@ def test_results_at_a_past_time_are_asked_once_per_time_and_the_old_ones_dropped
     assert client.calls == [("up", "960.000"), ("vector(1)", "960.000")]
     reader.results_at(None, named, 1020.0)
     assert len(client.calls) == 4 and not [k for k in reader._cache if k[0] == "at" and k[2] == 960.0]  # noqa: SLF001
+
+
+# ---------------------------------------------------------------- load-dependent capacity (core/capacity.py)
+
+
+def test_the_capacity_queries_read_kv_preemptions_running_and_token_time_under_both_names():
+    qs = observe.queries(S)
+    assert qs["kv_usage"] == ('avg by (namespace, pool) (vllm:kv_cache_usage_perc{pool!=""}'
+                              ' or vllm_kv_cache_usage_perc{pool!=""})')
+    assert qs["preemptions"] == ('sum by (namespace, pool) (increase(vllm:num_preemptions_total{pool!=""}[2m])'
+                                 ' or increase(vllm_num_preemptions_total{pool!=""}[2m]))')
+    assert qs["running_mean"] == ('avg by (namespace, pool) (avg_over_time(vllm:num_requests_running{pool!=""}[2m])'
+                                  ' or avg_over_time(vllm_num_requests_running{pool!=""}[2m]))')
+    assert "rate(vllm_inter_token_latency_seconds_sum" in qs["token_time_mean"]
+    assert "/ sum by (namespace, pool) (rate(vllm:inter_token_latency_seconds_count" in qs["token_time_mean"]
+    assert "vllm:time_per_output_token_seconds_sum" in qs["tpot_mean"]
+
+
+CAPACITY = dict(kv_usage=[sample(0.97)], preemptions=[sample(2.0)], running_mean=[sample(12.0)],
+                token_time_mean=[sample(0.011)], tpot_mean=[sample(0.5)])
+
+
+def test_pool_metrics_carry_kv_preemptions_and_a_running_token_time_pair():
+    m = observe.pool_metrics(canned(**CAPACITY), S)[("serving", "llama")]
+    assert (m.kv_cache_usage, m.preemptions, m.running_mean, m.token_time) == (0.97, 2.0, 12.0, 0.011)
+    old = observe.pool_metrics(canned(**{**CAPACITY, "token_time_mean": [sample("NaN")]}), S)[("serving", "llama")]
+    assert old.token_time == 0.5  # vllm:time_per_output_token_seconds where the inter-token histogram is absent
+    none = observe.pool_metrics(canned(), S)[("serving", "llama")]
+    assert (none.kv_cache_usage, none.preemptions, none.running_mean, none.token_time) == (None,) * 4
+    assert observe.observations(none, 1000.0, 2, 2).token_time_curve is None  # no pairs: constant service
+
+
+def test_frozen_gauges_give_no_running_for_the_curve():
+    frozen = canned(**CAPACITY, gauge_changes=[sample(0)], completion_rate=[sample(0)], token_growth=[sample(0)])
+    assert observe.pool_metrics(frozen, S)[("serving", "llama")].running_mean is None
+
+
+def test_the_reader_keeps_a_bounded_spaced_history_of_pairs_and_decide_sizes_with_its_curve(monkeypatch):
+    results = canned(**CAPACITY)
+    client = FakeClient(results)
+    now = [0.0]
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: now[0])
+    points = lambda: observe.find(reader.read(), "serving", "llama").token_time_points
+    assert points() == ((12.0, 0.011),)
+    results.update(running_mean=[sample(2.0)], token_time_mean=[sample(0.0066)])
+    now[0] = 6.0  # a new read, but within CURVE_SPACING_SECONDS of the last pair: not added
+    assert points() == ((12.0, 0.011),)
+    now[0] = 31.0
+    assert points() == ((12.0, 0.011), (2.0, 0.0066))
+    results.update(token_time_mean=[sample("NaN")], tpot_mean=[])
+    now[0] = 62.0  # no token in the window: nothing learnt, the history stays
+    assert points() == ((12.0, 0.011), (2.0, 0.0066))
+
+    m = observe.find(reader.read(), "serving", "llama")
+    obs = observe.observations(m, 1000.0, current_replicas=2, ready_replicas=2)
+    assert obs.token_time_curve.concurrency == (2.0, 12.0)
+    assert obs.token_time_curve.token_time == (0.0066, 0.011)
+    assert (obs.service_concurrency, obs.kv_cache_usage, obs.preemptions) == (2.0, 0.97, 2.0)
+    spec = policy.PoolSpec(slots_per_replica=16, max_replicas=50, prediction=False)
+    d = policy.decide(spec, obs)
+    assert d.capacity is not None and d.capacity.limited_by == "kv_cache"  # KV full, preempting: 6 running per replica
+    assert d.capacity.slots == 3 and d.capacity.slowdown > 1
+
+    monkeypatch.setattr(observe, "CURVE_POINTS", 3)
+    small = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: now[0])
+    results.update(token_time_mean=[sample(0.01)])
+    for k in range(5):
+        now[0] = 1000.0 + 31 * k
+        results.update(running_mean=[sample(float(k + 1))])
+        pairs = observe.find(small.read(), "serving", "llama").token_time_points
+    assert [n for n, _ in pairs] == [3.0, 4.0, 5.0]  # the newest CURVE_POINTS only
+    small.forget("serving", "llama")  # a deleted pool's history goes; a new one starts afresh
+    now[0] += 31
+    assert observe.find(small.read(), "serving", "llama").token_time_points == ((5.0, 0.01),)

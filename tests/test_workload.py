@@ -22,6 +22,12 @@ SPEC = {
 }
 
 
+BUCKETS_JSON = ('{"request_latency":[0.01,0.025,0.05,0.1,0.2,0.3,0.5,0.8,1,1.5,2,2.5,5,10,15,20,30,40,50,60,120,'
+                '240,480,960,1920,7680]}')
+# vLLM 0.33's request_latency defaults (vllm/v1/metrics/buckets.py): the operator's must keep every one
+VLLM_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680]
+
+
 def container(manifest: dict) -> dict:
     (c,) = manifest["spec"]["template"]["spec"]["containers"]
     return c
@@ -80,6 +86,7 @@ def test_vllm_serve_command():
         "--max-num-seqs", "24",
         "--tensor-parallel-size", "2",
         "--shutdown-timeout", "20",
+        "--custom-histogram-buckets", BUCKETS_JSON,
         "--max-model-len", "8192",
     ]
 
@@ -231,3 +238,32 @@ def test_prestop_returns_when_vllm_is_gone():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     _prestop(port, budget=50)
+
+
+@pytest.mark.parametrize("image, finer", [
+    ("vllm/vllm-openai:v0.33.0", True),
+    ("vllm/vllm-openai:v0.32.0", True),
+    ("vllm/vllm-openai:v0.31.0", False),
+    ("vllm/vllm-openai:v0.10.2", False),
+    ("vllm/vllm-openai:latest", False),
+])
+def test_finer_latency_buckets_only_where_the_image_has_the_flag(image, finer):
+    import json
+
+    command = container(workload.deployment(POOL, parse({**SPEC, "engine": {"image": image}})))["command"]
+    assert ("--custom-histogram-buckets" in command) is finer
+    if finer:
+        buckets = json.loads(command[command.index("--custom-histogram-buckets") + 1])
+        assert list(buckets) == ["request_latency"]  # queue, inference, prefill, decode and e2e time
+        bounds = buckets["request_latency"]
+        assert bounds[0] == 0.01 and all(a < b for a, b in zip(bounds, bounds[1:]))  # vLLM refuses anything else
+        assert set(VLLM_LATENCY_BUCKETS) <= set(bounds)  # an SLO target on a default bound still has its bucket
+
+
+@pytest.mark.parametrize("args", [
+    ["--custom-histogram-buckets", '{"inter_token_latency":[0.005,0.01]}'],
+    ['--custom_histogram_buckets={"request_latency":[0.1,1]}'],
+])
+def test_the_users_own_histogram_buckets_win(args):
+    command = container(workload.deployment(POOL, parse({**SPEC, "engine": {"extraArgs": args}})))["command"]
+    assert command[-len(args):] == args and BUCKETS_JSON not in command

@@ -266,8 +266,10 @@ class Operator:
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     def forget(self, body, **_) -> None:
-        """On delete: drop the pool's series from the operator's /metrics (owner refs delete the rest)."""
+        """On delete: drop the pool's series from the operator's /metrics and its curve history (owner refs
+        delete the rest)."""
         self.metrics.forget(body.metadata.namespace, body.metadata.name)
+        self.reader.forget(body.metadata.namespace, body.metadata.name)  # its per-token-time history
 
     # ------------------------------------------------------------ reporting
 

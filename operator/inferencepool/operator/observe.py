@@ -22,6 +22,13 @@ Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
 - arrival CV from the dispersion of short-window request counts (index of dispersion ~ ca^2), floored at
   1 (Poisson): completions are smoother than arrivals, so smoother-than-Poisson readings are not trusted.
 - freshness = the newest sample's timestamp; no sample or a stale one leaves every rate unknown (None).
+- load-dependent capacity (core/capacity.py): mean vllm:kv_cache_usage_perc over the pool's series, the
+  increase of vllm:num_preemptions_total over the window, and one (mean running per series over the
+  window, mean inter-token latency) pair per read: rate(vllm:inter_token_latency_seconds_sum) /
+  rate(_count) (vLLM 0.10.2 and 0.33), else vllm:time_per_output_token_seconds (older vLLM; 0.33 dropped
+  it). The pairs are kept per pool in the PrometheusReader (`CURVE_POINTS` newest, at most one per
+  `CURVE_SPACING_SECONDS`), not in the pool's status: a restarted operator learns the curve again within
+  minutes, and status stays small. One engine per replica is assumed (running is averaged per series).
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from inferencepool.core.capacity import TokenTimeCurve
 from inferencepool.core.policy import Observations
 from inferencepool.core.signals import arrival_cv, histogram_cv, histogram_quantile
 
@@ -55,6 +64,8 @@ class QuerySettings:
         return parse_duration(self.burst_window)
 
 
+CURVE_POINTS = 240  # (running, token time) pairs kept per pool: 2 hours at one per 30 s
+CURVE_SPACING_SECONDS = 30.0  # a new pair at most this often (the 2 m windows overlap; closer pairs repeat)
 MIN_SCRAPES = 4  # samples a rate window must hold (Prometheus' own advice: >= 4 scrape intervals)
 SPACING_WINDOW = "5m"
 
@@ -151,6 +162,9 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     def gauge(metric: str) -> str:
         return f"sum by ({by}) {either(lambda p: f'{p}{metric}{sel}')}"
 
+    def average(expression: Callable[[str], str]) -> str:
+        return f"avg by ({by}) {either(expression)}"
+
     burst_rate = f"{over('rate', 'request_success_total', s.burst_window)}[{w}:{s.burst_window}]"
     unlabelled = "{" + ", ".join(m for m in ('__name__=~"vllm[:_]num_requests_running"', f'{s.pool_label}=""', extra) if m) + "}"
     return {
@@ -175,6 +189,12 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         # frozen gauges: waiting/running unchanged while nothing finishes and no token is generated
         "gauge_changes": f"{over('changes', 'num_requests_running')} + {over('changes', 'num_requests_waiting')}",
         "token_growth": over("increase", "generation_tokens_total"),
+        # load-dependent capacity: KV pressure, and (running, per-token time) pairs for the curve
+        "kv_usage": average(lambda p: f"{p}kv_cache_usage_perc{sel}"),
+        "preemptions": over("increase", "num_preemptions_total"),
+        "running_mean": average(lambda p: f"avg_over_time({p}num_requests_running{sel}[{w}])"),
+        "token_time_mean": mean("inter_token_latency_seconds"),
+        "tpot_mean": mean("time_per_output_token_seconds"),
         # what to say when a pool has no vLLM series: are its targets scraped at all?
         "targets_up": f"max by ({by}) (up{sel})",
         "unlabelled_series": f"count({unlabelled})",
@@ -275,6 +295,11 @@ class PoolMetrics:
     service_cv_resolved: bool = True  # False: the histogram is too coarse for the service time; CV 1 assumed
     smallest_service_bucket: float | None = None  # seconds: vLLM's smallest latency bucket, 0.3 by default
     invalid_signals: tuple[str, ...] = ()  # signals whose values were impossible (dropped; the pool holds)
+    kv_cache_usage: float | None = None  # mean vllm:kv_cache_usage_perc over the pool's series (0-1)
+    preemptions: float | None = None  # increase of vllm:num_preemptions_total over the rate window
+    running_mean: float | None = None  # running requests per series, averaged over the rate window
+    token_time: float | None = None  # mean seconds per output token over the rate window
+    token_time_points: tuple[tuple[float, float], ...] = ()  # (running_mean, token_time) so far (the reader's)
 
 
 class Pools(dict):
@@ -343,6 +368,10 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             queue_buckets=tuple(hist.get("queue_buckets", {}).get(key, [])),
             ttft_buckets=tuple(hist.get("ttft_buckets", {}).get(key, [])),
             targets_up=get("targets_up", key),
+            kv_cache_usage=get("kv_usage", key),
+            preemptions=get("preemptions", key),
+            running_mean=None if frozen else get("running_mean", key),
+            token_time=get("token_time_mean", key) if get("token_time_mean", key) is not None else get("tpot_mean", key),
         )
         if key in invalid:  # one impossible signal makes the whole reading suspect: no rate, so the pool holds
             pools[key] = replace(pools[key], arrival_rate=None, invalid_signals=invalid[key])
@@ -376,8 +405,9 @@ def resolution_note(metrics: PoolMetrics | None, slo_metric: str, slo_target: fl
                      f"(smallest {metrics.smallest_service_bucket:g}s): its CV cannot be read, 1.0 is assumed")
     if not notes:
         return None
-    return "; ".join(notes) + (". vLLM 0.33 can set finer buckets with --custom-histogram-buckets "
-                               "(engine.extraArgs); older versions cannot")
+    return "; ".join(notes) + (". The operator sets latency buckets from 0.01s on images tagged vLLM >= 0.32; for "
+                               "another image set --custom-histogram-buckets in engine.extraArgs (vLLM >= 0.32); "
+                               "older versions cannot")
 
 
 def gauges_frozen(
@@ -470,7 +500,7 @@ def observations(
     if metrics is None or metrics.newest_sample_time is None:
         return base
     m = metrics
-    return replace(
+    obs = replace(
         base,
         arrival_rate=m.arrival_rate,
         service_time=m.service_time,
@@ -481,7 +511,13 @@ def observations(
         waiting=m.waiting,
         running=m.running,
         metrics_age_seconds=max(now - m.newest_sample_time, 0.0),
+        kv_cache_usage=m.kv_cache_usage,
+        preemptions=m.preemptions,
     )
+    if m.token_time_points:  # any usable pair (the reader keeps only those): the service is load-dependent
+        obs = replace(obs, token_time_curve=TokenTimeCurve.fit(m.token_time_points),
+                      service_concurrency=m.running_mean if m.running_mean else None)
+    return obs
 
 
 # ---------------------------------------------------------------- pods (plain dicts, as the API returns them)
@@ -569,6 +605,7 @@ class PrometheusReader:
         self._locks: dict[tuple, threading.Lock] = {}
         self._cache: dict[tuple, tuple[float, object]] = {}
         self._clients: dict[str, object] = {}
+        self._curves: dict[tuple, tuple[float, deque]] = {}  # (url, matchers, pool) -> (last added, pairs)
 
     def read(self, url: str | None = None, matchers: str = "") -> Pools:
         """All pools' metrics from that Prometheus; raises PrometheusUnavailable."""
@@ -626,6 +663,26 @@ class PrometheusReader:
     def _client(self, url: str):
         return self._clients.get(url) or self._clients.setdefault(url, self._connect(url))
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted pool's (running, token time) history, so the reader's memory stays bounded."""
+        with self._lock:
+            for key in [k for k in self._curves if k[2] in ((namespace, name), ("", name))]:
+                del self._curves[key]
+
+    def _with_curve_points(self, url: str, matchers: str, pools: Pools) -> Pools:
+        """Add each pool's new (running, token time) pair to its bounded history and attach the history."""
+        now = self._clock()
+        for key, m in pools.items():
+            last, points = self._curves.get((url, matchers, key), (-math.inf, deque(maxlen=CURVE_POINTS)))
+            usable = m.running_mean is not None and m.running_mean > 0 and m.token_time is not None and m.token_time > 0
+            if usable and now - last >= CURVE_SPACING_SECONDS:
+                points.append((m.running_mean, m.token_time))
+                last = now
+            self._curves[(url, matchers, key)] = (last, points)
+            if points:
+                pools[key] = replace(m, token_time_points=tuple(points))
+        return pools
+
     def _fetch(self, url: str, matchers: str) -> Pools | Exception:
         def ask(name: str, promql: str):
             try:
@@ -642,7 +699,7 @@ class PrometheusReader:
             results = {name: ask(name, promql) for name, promql in queries(settings, matchers).items()}
         except PrometheusUnavailable as error:
             return error
-        pools = pool_metrics(results, settings)
+        pools = self._with_curve_points(url, matchers, pool_metrics(results, settings))
         pools.scrape_interval, pools.window_note = interval, note
         pools.rate_window, pools.burst_window = settings.rate_window, settings.burst_window
         return pools

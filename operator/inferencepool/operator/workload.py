@@ -25,6 +25,16 @@ CACHE_MOUNT = "/cache"  # model.cachePVCName: HF_HOME=/cache/huggingface, VLLM_C
 # from vLLM 0.18.0 (vllm-project/vllm#34730, #36666; checked in the 0.17.1 / 0.18.0 / 0.33.0 wheels'
 # vllm/engine/arg_utils.py). Its default, 0, aborts everything in flight.
 SHUTDOWN_TIMEOUT_SINCE = (0, 18, 0)
+# `--custom-histogram-buckets JSON` exists from vLLM 0.32.0 (vllm-project/vllm#48867; present in the 0.32.0
+# and 0.33.0 wheels' vllm/engine/arg_utils.py and config/observability.py, absent in 0.31.0). Key
+# `request_latency` sets the buckets of e2e, queue, inference, prefill and decode time
+# (vllm/v1/metrics/loggers.py); vLLM's defaults start at 0.3 s (vllm/v1/metrics/buckets.py), too coarse for
+# short requests' service time and CV and for sub-second queue-wait SLOs. These bounds are vLLM's defaults
+# with five finer ones below them, so every default bound (an SLO target on one) is still there.
+CUSTOM_BUCKETS_SINCE = (0, 32, 0)
+REQUEST_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50,
+                           60, 120, 240, 480, 960, 1920, 7680)
+CUSTOM_BUCKETS_FLAG = re.compile(r"^--custom[-_]histogram[-_]buckets(=|$)")
 # Of the grace period, what the preStop wait leaves for SIGTERM: vLLM drains what is left for
 # SHUTDOWN_TIMEOUT seconds, then 10 s remain to exit before SIGKILL.
 DRAIN_RESERVE_SECONDS = 30
@@ -100,8 +110,19 @@ def drains_on_sigterm(image: str) -> bool:
     return version is not None and version >= SHUTDOWN_TIMEOUT_SINCE
 
 
+def histogram_buckets_flag(config: PoolConfig) -> list[str]:
+    """`--custom-histogram-buckets {"request_latency": [...]}` where the image's vLLM has the flag and
+    engine.extraArgs does not set it already (the user's buckets win, for every family)."""
+    version = image_version(config.image)
+    if version is None or version < CUSTOM_BUCKETS_SINCE:
+        return []
+    if any(CUSTOM_BUCKETS_FLAG.match(arg) for arg in config.extra_args):
+        return []
+    return ["--custom-histogram-buckets", json.dumps({"request_latency": list(REQUEST_LATENCY_BUCKETS)}, separators=(",", ":"))]
+
+
 def vllm_command(config: PoolConfig) -> list[str]:
-    """`vllm serve <source> --port P --served-model-name N --max-num-seqs <slots>` [TP] [drain] extraArgs."""
+    """`vllm serve <source> --port P --served-model-name N --max-num-seqs <slots>` [TP] [drain] [buckets] extraArgs."""
     command = [
         "vllm", "serve", config.model_source,
         "--host", "0.0.0.0",
@@ -113,7 +134,7 @@ def vllm_command(config: PoolConfig) -> list[str]:
         command += ["--tensor-parallel-size", str(config.gpus_per_replica)]
     if drains_on_sigterm(config.image):
         command += ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT_SECONDS)]
-    return command + list(config.extra_args)
+    return command + histogram_buckets_flag(config) + list(config.extra_args)
 
 
 def prestop_budget_seconds(config: PoolConfig) -> int:

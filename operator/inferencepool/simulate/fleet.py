@@ -7,6 +7,14 @@ gauges, replica counts, measured cold starts) and returns the replica count it w
 
 Lean on purpose: arrivals are a sorted array walked by index, the heap holds only completions and replicas
 becoming Ready, and per-request state is two floats.
+
+Load-dependent service (FleetConfig.token_time_curve, off by default): vLLM batches every running sequence
+into each decode step, so a token takes longer the more requests a replica runs (core/capacity.py). The
+approximation here: a request's decode time (its service time minus prefill, as ServiceModel gives it at
+one running request) is multiplied once, when it starts, by t(n) / t(1), n = busy slots per serving replica
+at that moment (the pool's slots are shared, so n is the pool mean, not one replica's); it is not re-stretched
+as n changes later. An optional KV cap (FleetConfig.kv_max_sequences) holds a replica to that many sequences
+whatever `slots_per_replica` says, as a KV cache of that many requests' tokens would.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from inferencepool.core import signals
+from inferencepool.core.capacity import TokenTimeCurve
 from inferencepool.core.policy import Observations
 
 
@@ -60,6 +69,13 @@ class FleetConfig:
     # target (a vLLM histogram bucket bound); None: not measured.
     slo_window_seconds: float = 60.0
     slo_target_seconds: float | None = None
+    # Load-dependent service (see the module docstring); None: a request's service time does not depend on load.
+    token_time_curve: TokenTimeCurve | None = None  # seconds per output token against running requests per replica
+    # KV cap: the most sequences a replica's KV cache holds (below slots_per_replica it binds); None: no cap.
+    # Observations then carry kv_cache_usage = running per replica / this (sequences of equal size) and 0 preemptions
+    # (the fleet admits no more than fit, so it never preempts).
+    kv_max_sequences: int | None = None
+    curve_points: int = 240  # (running per replica, token time) pairs kept for the observed curve, newest
 
 
 class ColdStarts:
@@ -173,7 +189,10 @@ def simulate(
     pre = prefill.tolist()
     n = len(arr)
     end = arr[-1] if n else 0.0
-    slots = config.slots_per_replica
+    slots = min(config.slots_per_replica, config.kv_max_sequences or config.slots_per_replica)
+    curve = config.token_time_curve
+    slowdown = _slowdown_table(curve, slots) if curve is not None else None
+    dur = list(svc)  # seconds each request really took (svc stretched by load when the curve is on)
     tick = float(getattr(policy, "tick_seconds", None) or config.reconcile_seconds)
     delay = config.scrape_delay_seconds
     windows = (config.rate_window_seconds, config.service_window_seconds, config.burst_window_seconds)
@@ -189,6 +208,10 @@ def simulate(
     measured_cold: list[float] = []
     done_t: list[float] = []  # completion log: times, and running sums for windowed statistics
     sum_s, sum_s2, sum_p = [0.0], [0.0], [0.0]
+    sum_db, sum_da = [0.0], [0.0]  # decode seconds of completions: at one running request, and as served
+    gauge_npr: list[float] = []  # running per serving replica at each tick
+    gauge_kv: list[float | None] = []  # KV usage (running per replica / kv_max_sequences) at each tick
+    points: deque = deque(maxlen=config.curve_points)  # (running per replica, token time) the policy has seen
     gauge_t: list[float] = []
     gauge_wait: list[int] = []
     gauge_run: list[int] = []
@@ -209,7 +232,14 @@ def simulate(
 
     def start(j: int, now: float) -> None:
         waits[j] = now - arr[j]
-        heapq.heappush(heap, (now + svc[j], _DONE, j))
+        s = svc[j]
+        if slowdown is not None:  # busy already counts j; the pool's slots are shared, so n is the mean
+            serving = ready + -(-retiring // slots)
+            x = (busy / serving if serving else 1.0) * _GRID
+            k = min(int(x), len(slowdown) - 2)
+            s = pre[j] + (s - pre[j]) * (slowdown[k] + (slowdown[k + 1] - slowdown[k]) * (x - k))
+            dur[j] = s
+        heapq.heappush(heap, (now + s, _DONE, j))
         if target is not None:
             started_t.append(now)
             started_good.append(started_good[-1] + (waits[j] <= target))
@@ -230,7 +260,9 @@ def simulate(
             if kind == _DONE:
                 busy -= 1
                 done_t.append(now)
-                s = svc[j]
+                s = dur[j]
+                sum_db.append(sum_db[-1] + svc[j] - pre[j])
+                sum_da.append(sum_da[-1] + s - pre[j])
                 sum_s.append(sum_s[-1] + s)
                 sum_s2.append(sum_s2[-1] + s * s)
                 sum_p.append(sum_p[-1] + pre[j])
@@ -271,6 +303,9 @@ def simulate(
             gauge_t.append(now)
             gauge_wait.append(len(queue))
             gauge_run.append(busy)
+            serving = ready + -(-retiring // slots)
+            gauge_npr.append(busy / serving if serving else 0.0)
+            gauge_kv.append(gauge_npr[-1] / config.kv_max_sequences if config.kv_max_sequences and serving else None)
             if getattr(policy, "needs_metrics", True):
                 obs = _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, gauge_wait,
                                gauge_run, ordered, ready, measured_cold)
@@ -279,6 +314,9 @@ def simulate(
                     hi, lo = bisect_left(started_t, w_end), bisect_left(started_t, w_end - window)
                     good = (started_good[hi] - started_good[lo]) / (hi - lo) if hi > lo else None
                     obs = replace(obs, slo_window_end=w_end, slo_window_good=good)
+                if curve is not None or config.kv_max_sequences:
+                    obs = _observe_capacity(obs, now - delay, config, curve, done_t, sum_db, sum_da, gauge_t,
+                                            gauge_npr, gauge_kv, points)
             else:  # a policy with its own metric path (Knative's queue-proxies) needs only the replica counts
                 obs = Observations(time=now, current_replicas=ordered, ready_replicas=ready)
             wanted = max(int(policy.reconcile(obs, fleet)), 0)
@@ -325,6 +363,35 @@ def simulate(
         draining=drains,
         score_from=score_from,
     )
+
+
+_GRID = 16  # slowdown table points per running request
+
+
+def _slowdown_table(curve: TokenTimeCurve, slots: int) -> list[float]:
+    """t(n) / t(1) at n = 0, 1/_GRID, ..., slots + 1/_GRID: looked up per request start (a curve call is slow)."""
+    return [curve.slowdown(k / _GRID, 1.0) for k in range(slots * _GRID + 2)]
+
+
+def _observe_capacity(obs, seen, config, curve, done_t, sum_db, sum_da, gauge_t, gauge_npr, gauge_kv,
+                      points) -> Observations:
+    """The capacity fields the operator reads (observe.py): mean running per replica over the service window,
+    the token-weighted mean per-token time of the window's completions (what rate(inter_token_latency_seconds
+    _sum) / rate(_count) gives), the curve fitted to the newest `config.curve_points` such pairs, KV usage."""
+    window = config.service_window_seconds
+    gl, gh = bisect_right(gauge_t, seen - window), bisect_right(gauge_t, seen)
+    running = sum(gauge_npr[gl:gh]) / (gh - gl) if gh > gl else None
+    fields: dict = {}
+    if curve is not None:
+        hi, lo = bisect_right(done_t, seen), bisect_right(done_t, seen - window)
+        base = sum_db[hi] - sum_db[lo]
+        if running and running > 0 and base > 0:
+            points.append((running, curve(1.0) * (sum_da[hi] - sum_da[lo]) / base))
+        if points:
+            fields.update(token_time_curve=TokenTimeCurve.fit(points), service_concurrency=running or None)
+    if config.kv_max_sequences and gh > 0 and gauge_kv[gh - 1] is not None:
+        fields.update(kv_cache_usage=gauge_kv[gh - 1], preemptions=0.0)
+    return replace(obs, **fields)
 
 
 def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, gauge_wait, gauge_run,
