@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +12,7 @@ from inferencepool.core.policy import PoolSpec
 from inferencepool.simulate import trace as tr
 from inferencepool.simulate.compare import Scenario
 
-TRACES = "/work/shared/traces"
+TRACES = str(Path(__file__).resolve().parents[2] / "shared" / "traces")  # ../shared beside the checkout
 SPEC = PoolSpec(max_replicas=100, gpu_hour_price=2.50)  # the CLI's defaults otherwise (p99 wait < 10s, floor 1)
 SERVEGEN_SCALE = 0.008  # ServeGen m-large averages ~200 requests/s; x0.008 with conv's tokens ~ 9 Erlangs
 

@@ -3,14 +3,18 @@
 import gzip
 import json
 import math
+from pathlib import Path
 from dataclasses import asdict
 
 import numpy as np
+
 import pytest
 
 from inferencepool.core import forecast as fc
 
-SERVEGEN = "/work/shared/traces/servegen-m-large-rate-600s.csv.gz"
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"  # ../shared beside the checkout, as CI lays it
+
+SERVEGEN = f"{TRACES}/servegen-m-large-rate-600s.csv.gz"
 DAY = 86_400.0
 
 

@@ -1,9 +1,11 @@
 """The simulator: the fleet against queueing theory, cold starts, billing, the policies and the trace loader."""
 
 import math
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
+
 import pytest
 
 from inferencepool.core.capacity import TokenTimeCurve
@@ -12,6 +14,8 @@ from inferencepool.core.queueing import Queue
 from inferencepool.simulate import baselines, compare, report
 from inferencepool.simulate import trace as tr
 from inferencepool.simulate.fleet import ColdStarts, FleetConfig, simulate
+
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"  # ../shared beside the checkout, as CI lays it
 
 
 class Scripted:
@@ -101,7 +105,7 @@ def test_our_policies_never_go_below_the_warm_floor():
 
 
 def test_the_oracle_is_a_lower_bound_at_equal_or_better_slo():
-    conv = tr.clip(tr.load("/work/shared/traces/azure-llm-2023-conv.csv.gz"), 1500.0)
+    conv = tr.clip(tr.load(f"{TRACES}/azure-llm-2023-conv.csv.gz"), 1500.0)
     for trace in (tr.load(), conv):
         scenario = compare.Scenario(trace=trace, spec=PoolSpec(max_replicas=100))
         rows = [report.summarise(run, scenario.spec) for run in compare.run_policies(scenario)]
@@ -151,7 +155,7 @@ def test_trace_reshaping_says_what_it_did():
 
 
 def test_a_rate_trace_becomes_poisson_arrivals():
-    rates = tr.load("/work/shared/traces/servegen-m-large-rate-600s.csv.gz", rate_scale=0.01, seconds=6 * 3600)
+    rates = tr.load(f"{TRACES}/servegen-m-large-rate-600s.csv.gz", rate_scale=0.01, seconds=6 * 3600)
     assert 5.5 * 3600 < rates.span <= 6 * 3600
     expected = 0.01 * 6 * 3600 * 200  # ServeGen runs at ~200 requests/s
     assert 0.5 * expected < len(rates) < 2 * expected
