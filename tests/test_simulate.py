@@ -154,7 +154,7 @@ def test_trace_reshaping_says_what_it_did():
     assert "repeated 2x" in twice.notes[-1]
 
 
-def test_a_rate_trace_becomes_poisson_arrivals():
+def test_a_rate_trace_becomes_arrivals_at_its_rates():
     rates = tr.load(f"{TRACES}/servegen-m-large-rate-600s.csv.gz", rate_scale=0.01, seconds=6 * 3600)
     assert 5.5 * 3600 < rates.span <= 6 * 3600
     expected = 0.01 * 6 * 3600 * 200  # ServeGen runs at ~200 requests/s

@@ -72,8 +72,18 @@ def test_the_servegen_rate_series_is_kept():
     assert series.header[:2] == ["window_start_seconds", "rate_rps"]
     assert series.table[:, 1].astype(float).tolist() == [2.0, 1.5, 3.0]
     trace = tr.load(FIXTURES / "servegen-rate.csv", rng=np.random.default_rng(1))
-    # Poisson arrivals at ~2.2/s mean over 30 min: about 4,000 requests (sd ~63)
+    # ~2.2/s mean over 30 min: about 4,000 requests, as a renewal process at the windows' CVs (1.5-2.1)
     assert 3500 < len(trace) < 4500 and trace.span == pytest.approx(1800, abs=10)
+    assert "renewal arrivals" in trace.notes[0]
+    gaps = np.diff(trace.arrivals[trace.arrivals < 600])  # the first window: CV 2.1179
+    assert gaps.std() / gaps.mean() == pytest.approx(2.1179, rel=0.15)
+
+
+def test_a_rate_series_without_a_cv_column_is_poisson(tmp_path):
+    plain = tmp_path / "rates.csv"
+    plain.write_text("window_start_seconds,rate_rps\n0,2.0\n600,2.0\n1200,2.0\n")
+    gaps = np.diff(tr.load(plain, rng=np.random.default_rng(1)).arrivals)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.1)
 
 
 def test_the_cli_replays_a_mooncake_trace(tmp_path, capsys):

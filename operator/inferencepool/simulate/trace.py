@@ -39,6 +39,9 @@ def bundled_path() -> Path:
     return Path(str(files("inferencepool") / "data" / BUNDLED_NAME))
 
 
+CV_COLUMN = "rate_weighted_client_iat_cv"  # ServeGen: inter-arrival CV in each window
+
+
 def load(path: str | Path | None = None, rng: np.random.Generator | None = None, rate_scale: float = 1.0,
          seconds: float | None = None, format: str | None = None, columns: dict[str, str] | None = None,
          time_unit: str | None = None) -> Trace:
@@ -46,7 +49,9 @@ def load(path: str | Path | None = None, rng: np.random.Generator | None = None,
     (window_start_seconds, rate_rps).
 
     The request rate is multiplied by `rate_scale` (see scale_rate) and only the first `seconds` are kept. A
-    rate trace becomes Poisson arrivals at each window's scaled rate, with token counts drawn from the bundled trace.
+    rate trace becomes arrivals at each window's scaled rate, with token counts drawn from the bundled trace:
+    a renewal process at the window's `rate_weighted_client_iat_cv` where the series has it (ServeGen's),
+    Poisson otherwise.
     """
     rng = rng or np.random.default_rng(0)
     path = Path(path) if path is not None else bundled_path()
@@ -64,7 +69,12 @@ def load(path: str | Path | None = None, rng: np.random.Generator | None = None,
         starts = table[:, column["window_start_seconds"]].astype(float)
         rates = table[:, column["rate_rps"]].astype(float) * rate_scale
         keep = starts - starts[0] < (seconds if seconds is not None else np.inf)
-        trace = from_rates(starts[keep], rates[keep], load(None), rng, name=name)
+        if CV_COLUMN in column:  # ServeGen's own burstiness: a renewal process at each window's CV, not Poisson
+            cvs = table[:, column[CV_COLUMN]].astype(float)
+            cvs = np.where(np.isfinite(cvs) & (cvs > 0), cvs, 1.0)
+            trace = renewal_from_rates(starts[keep], rates[keep], cvs[keep], load(None), rng, name=name)
+        else:
+            trace = from_rates(starts[keep], rates[keep], load(None), rng, name=name)
         note = f"rates x{rate_scale:g}" + (f", first {seconds / 86400:g} days" if seconds is not None else "")
         return replace(trace, notes=(note + "; " + trace.notes[0],))
     raise formats.TraceFileError(path, "not a rate series")  # formats.read returns no other RateSeries
