@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import kopf
+import pytest
 import yaml
 
 from inferencepool.operator import run
@@ -26,27 +27,28 @@ def kubeconfig(path, server: str, token: str) -> str:
     return str(path)
 
 
-def test_kopf_logs_in_with_the_kubeconfig_flag(tmp_path, monkeypatch):
+@pytest.fixture
+def admin(tmp_path, monkeypatch):
+    """$KUBECONFIG names an admin file, and the client took it as its default at import (as in a shell)."""
     from kubernetes.config import kube_config
 
-    admin = kubeconfig(tmp_path / "admin", "https://127.0.0.1:1", "admin-token")
-    account = kubeconfig(tmp_path / "account", "https://127.0.0.1:2", "account-token")
-    monkeypatch.setenv("KUBECONFIG", admin)
+    path = kubeconfig(tmp_path / "admin", "https://127.0.0.1:1", "admin-token")
+    monkeypatch.setenv("KUBECONFIG", path)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", admin)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", path)
+    return path
 
-    run._load_kube_config(account)
+
+def kopf_login():
     info = kopf.login_via_client(logger=logging.getLogger("test"), settings=kopf.OperatorSettings())
-    assert (info.server, info.token) == ("https://127.0.0.1:2", "account-token")
+    return info.server, info.token
 
 
-def test_without_the_flag_kopf_and_the_client_read_kubeconfig(tmp_path, monkeypatch):
-    from kubernetes.config import kube_config
+def test_kopf_logs_in_with_the_kubeconfig_flag(tmp_path, admin):
+    run._load_kube_config(kubeconfig(tmp_path / "account", "https://127.0.0.1:2", "account-token"))
+    assert kopf_login() == ("https://127.0.0.1:2", "account-token")
 
-    admin = kubeconfig(tmp_path / "admin", "https://127.0.0.1:1", "admin-token")
-    monkeypatch.setenv("KUBECONFIG", admin)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", admin)
+
+def test_without_the_flag_kopf_and_the_client_read_kubeconfig(admin):
     run._load_kube_config(None)
-    info = kopf.login_via_client(logger=logging.getLogger("test"), settings=kopf.OperatorSettings())
-    assert (info.server, info.token) == ("https://127.0.0.1:1", "admin-token")
+    assert kopf_login() == ("https://127.0.0.1:1", "admin-token")
