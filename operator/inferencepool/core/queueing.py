@@ -43,6 +43,7 @@ __all__ = [
     "utilization",
     "variability_factor",
     "peakedness",
+    "bisect_boundary",
     "APPROXIMATIONS",
     "Queue",
 ]
@@ -296,14 +297,22 @@ def _first_meeting(meets: Callable[[int], bool], lower: int, guesses: Callable[[
             break
         failed = candidate
         k += 1
-    passed = candidate
-    while passed - failed > 1:
-        middle = (failed + passed) // 2
-        if meets(middle):
-            passed = middle
+    return bisect_boundary(meets, failed, candidate)[1]
+
+
+def bisect_boundary(holds: Callable[[int], bool], low: int, high: int) -> tuple[int, int]:
+    """Adjacent (low, high) with holds(low) False and holds(high) True, given that at the start.
+
+    `holds` must be monotone between the two (False below some n, True from it on). Shared by the
+    server-count solves here, the planner's break-even search and the simulator's oracle.
+    """
+    while high - low > 1:
+        middle = (low + high) // 2
+        if holds(middle):
+            high = middle
         else:
-            failed = middle
-    return passed
+            low = middle
+    return low, high
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from inferencepool.core.queueing import Queue
+from inferencepool.core.queueing import Queue, bisect_boundary
 from inferencepool.core.units import Slo
 
 HOURS_PER_MONTH = 24 * 30
@@ -276,12 +276,7 @@ def break_even(req: Requirements, api: ApiPricing) -> tuple[float | None, int | 
         cheaper, dearer = dearer, dearer + 2 * (dearer - first)
         if dearer > _BREAK_EVEN_MAX_REPLICAS:
             return None, None
-    while dearer - cheaper > 1:
-        middle = (cheaper + dearer) // 2
-        if api_cheaper_somewhere(middle):
-            cheaper = middle
-        else:
-            dearer = middle
+    cheaper, _ = bisect_boundary(lambda n: not api_cheaper_somewhere(n), cheaper, dearer)
     return even(cheaper), cheaper
 
 

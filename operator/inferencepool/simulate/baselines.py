@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from inferencepool.core.policy import History, Observations, PoolSpec, decide
+from inferencepool.core.queueing import bisect_boundary
 from inferencepool.simulate.fleet import FleetView
 
 
@@ -441,13 +442,7 @@ def _smallest(meets, guess: int, cap: int) -> int:
                 break
             low, step = high, step * 2
             high = low + step
-    while high - low > 1:
-        middle = (low + high) // 2
-        if meets(middle):
-            high = middle
-        else:
-            low = middle
-    return high
+    return bisect_boundary(meets, low, high)[1]
 
 
 def bucket_needs(arrivals: np.ndarray, service: np.ndarray, prefill: np.ndarray, spec: PoolSpec, bucket: float,
