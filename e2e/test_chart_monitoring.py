@@ -201,11 +201,16 @@ def test_dashboard_panels_return_series_and_alerts_fire_on_the_bed(cluster, crd,
         wait_for_full_window(prom, name)
         op.prometheus_url = prom.url
         op.start()
-        cluster.apply(pool_manifest(name, maxReplicas=2, prediction={"enabled": True, "horizon": 30}),
+        slo = {"metric": "QueueWait", "percentile": 0.99, "targetSeconds": 1, "objective": 0.99, "window": "5s",
+               "period": "60s"}  # an objective, so that the attainment panel has series
+        cluster.apply(pool_manifest(name, maxReplicas=2, prediction={"enabled": True, "horizon": 30}, slo=slo),
                       namespace=namespace)
         cluster.wait_until(lambda: get_pool(cluster, namespace, name).get("status", {}).get("desiredReplicas") == 2,
                            timeout=120, desc="the pool at its cap")
+        cluster.wait_until(lambda: "attainment" in get_pool(cluster, namespace, name)["status"].get("slo", {}),
+                           timeout=60, desc="status.slo measured")
         prom.wait_for(f'increase(inferencepool_decisions_total{{pool="{name}"}}[{test_operator.RATE_WINDOW}])', timeout=60)
+        prom.wait_for(f'inferencepool_slo_attainment{{pool="{name}"}}', timeout=60)
 
         # every panel's PromQL parses (a parse error raises) and returns series for the pool
         dashboard = json.loads(DASHBOARD.read_text())
