@@ -54,7 +54,9 @@ DEFAULTS = {
     "metrics.maxAgeSeconds": 120,
     "cost.gpuHourPrice": "0",
     "cost.currency": "USD",
+    "mode": "Active",
 }
+MODES = ("Active", "Advisory")  # Advisory: decide and report, never set the Deployment's replicas
 _REQUIRED = object()
 
 # `vllm serve` flags the operator sets itself or relies on: (flag, pattern, what to do instead). The CRD
@@ -112,6 +114,7 @@ class PoolConfig:
     currency: str
     slo_window: str = "60s"  # the SLO scoring window, a PromQL duration
     slo_period: str = "7d"  # the period attainment is measured over
+    mode: str = "Active"  # Advisory: decide and report only (operator/modes.py)
 
     @property
     def slots(self) -> int:
@@ -311,7 +314,11 @@ def parse(spec: Mapping) -> PoolConfig:
     node_selector = _lookup(spec, "scheduling.nodeSelector", {})
     if not isinstance(node_selector, Mapping) or not all(isinstance(v, str) for v in node_selector.values()):
         raise SpecError("scheduling.nodeSelector", "must map label names to string values")
+    mode = _lookup(spec, "mode")
+    if mode not in MODES:
+        raise SpecError("mode", f"must be Active or Advisory, got {mode!r}")
     return PoolConfig(
+        mode=mode,
         policy=policy,
         model_name=name,
         model_source=_text(spec, "model.source", name),
