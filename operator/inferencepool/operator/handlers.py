@@ -153,7 +153,7 @@ class Operator:
             if FIELD_MANAGER in owners and SCALER_MANAGER not in owners:
                 # Server-side apply removes a field that its only owner stops applying: re-applying the
                 # template (no replicas) would drop the Deployment to 1 replica, deleting pods at random.
-                self.kube.own_replicas(namespace, name, int((live.get("spec") or {}).get("replicas") or 1))
+                self.kube.own_replicas(namespace, name, int((live.get("spec") or {}).get("replicas", 1)))
             self.kube.apply(deployment)
         self.kube.apply(workload.service(body, config))
         return deployment
@@ -215,7 +215,9 @@ class Operator:
             pools = self.reader.read(config.prometheus_url, config.matchers)
             window_note = getattr(pools, "window_note", None)
             metrics = observe.find(pools, namespace, name)
-            if metrics is None or metrics.newest_sample_time is None:
+            if live_replicas == 0 and config.arrival_query:  # scale from zero: no vLLM runs, upstream sees demand
+                metrics, arrival_problem = modes.upstream_metrics(self.reader, config, now)
+            elif metrics is None or metrics.newest_sample_time is None:
                 missing = observe.missing_series_message(
                     metrics, getattr(pools, "unlabelled_series", 0), self.config.query, namespace, name)
             elif config.arrival_query and not metrics.invalid_signals:  # the pool's own signal wins over vLLM's

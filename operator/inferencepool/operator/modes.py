@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from inferencepool.core.policy import Decision, History
+from inferencepool.operator.observe import PoolMetrics
 
 ACTIVE, ADVISORY = "Active", "Advisory"
 WOULD = {"scale_up": "WouldScaleUp", "scale_down": "WouldScaleDown"}
@@ -36,8 +37,10 @@ def would_event(decision: Decision, previous: Mapping | None) -> tuple[str, str]
 
 def status_patch(mode: str, patch: Mapping, decision: Decision, deployment_replicas: int, previous: Mapping | None,
                  timestamp: str) -> dict:
-    """status.decision_status's patch with this module's keys (None deletes a key). Advisory leaves
+    """status.decision_status's patch with this module's keys (None deletes a key): the mode, and the warm
+    floor now with the schedule window that set it. Advisory leaves
     lastScaleTime/lastScaleReason as they were: the operator scaled nothing."""
+    patch = {**patch, "floorReplicas": decision.floor, "scheduleWindow": decision.floor_window}  # spec.schedule
     if mode != ADVISORY:
         return {**patch, "mode": ACTIVE, "advisory": None}
     before = previous or {}
@@ -54,3 +57,13 @@ def status_patch(mode: str, patch: Mapping, decision: Decision, deployment_repli
             "since": before.get("since") if same and before.get("since") else timestamp,
         },
     }
+
+
+def upstream_metrics(reader, config, now: float) -> tuple[PoolMetrics | None, str | None]:
+    """Scale from zero: a pool at 0 replicas has no vLLM series, so its arrival rate comes from
+    spec.metrics.arrivalRateQuery alone (a gateway's counter). No value: None and why, so decide() holds
+    at zero (missing data never scales a pool up from zero, nor down), and status says so."""
+    rate, problem = reader.value(config.prometheus_url, config.arrival_query)
+    if rate is None:
+        return None, f"spec.metrics.arrivalRateQuery {problem or 'returned no value'} (the pool is at zero replicas)"
+    return PoolMetrics(newest_sample_time=now, arrival_rate=rate, arrival_source="query"), None
