@@ -95,7 +95,7 @@ def test_windows_that_meet_or_agree_may_touch():
         {"days": ["Mon"], "start": "10:00", "end": "11:00", "minReplicas": 2}]}, max_replicas=8)
     assert [w.min_replicas for w in s.windows] == [2, 3, 2]
     config = parse({**MINIMAL, "maxReplicas": 8, "schedule": BUSINESS})
-    assert config.policy.schedule.time_zone == "Europe/Paris" and config.policy.schedule.windows[1].days == {5}
+    assert config.policy.schedule.time_zone == "Europe/Paris" and config.policy.schedule.windows[1].days == (5,)
     with pytest.raises(SpecError, match=r"spec.schedule.windows\[0\].minReplicas: x gpu.perReplica \(8\) must fit maxGPUs"):
         parse({**MINIMAL, "maxReplicas": 8, "maxGPUs": 4, "gpu": {"perReplica": 2}, "schedule": BUSINESS})
 
@@ -109,3 +109,27 @@ def test_status_shows_the_floor_and_the_window_that_set_it(world, events):
     assert status["constraint"] == "warm_floor" and "(schedule window all-day)" in status["reason"]
     status = Pool(SPEC).tick(operator)
     assert (status["floorReplicas"], status.get("scheduleWindow")) == (1, None)
+
+
+def test_the_simulator_replays_a_trace_under_the_same_floors(tmp_path, capsys):
+    import json
+
+    from inferencepool.simulate import cli
+
+    path = tmp_path / "schedule.yaml"
+    path.write_text('timeZone: Europe/Paris\nwindows:\n  - {name: rush, days: [Mon], start: "08:00", end: "08:30", minReplicas: 20}\n')
+    runs = {}
+    for name, flags in (("plain", []), ("scheduled", ["--schedule", str(path), "--start", "2026-12-07T07:50+01:00"]),
+                        ("sunday", ["--schedule", str(path), "--start", "2026-12-06T07:50+01:00"])):
+        out = tmp_path / name
+        assert cli.main(["--json", "--out", str(out), "--quiet", "--policies", "predictive", *flags]) == 0
+        document = json.loads(capsys.readouterr().out)
+        runs[name], described = document["policies"][0], runs.get("described", []) + document["description"]
+        runs["described"] = described
+    assert runs["scheduled"]["gpu_hours"] > runs["plain"]["gpu_hours"] + 30 * 5 / 60  # >= 5 more replicas for 30 min
+    assert runs["sunday"]["gpu_hours"] == runs["plain"]["gpu_hours"]  # the window is Mondays only
+    assert "Schedule: 1 window(s) in Europe/Paris (rush floor 20), the trace starting 2026-12-07T07:50:00+01:00" in \
+        "\n".join(runs["described"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--out", str(tmp_path), "--quiet", "--schedule", str(path)])
+    assert exit_.value.code == 2 and "--schedule needs --start" in capsys.readouterr().err

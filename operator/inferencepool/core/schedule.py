@@ -34,7 +34,7 @@ class ScheduleError(ValueError):
 @dataclass(frozen=True)
 class Window:
     name: str
-    days: frozenset[int]  # 0 = Monday
+    days: tuple[int, ...]  # 0 = Monday, sorted
     start: int  # minutes after local midnight
     end: int  # minutes after local midnight, > start, at most 1440
     min_replicas: int
@@ -47,10 +47,11 @@ class Window:
 class Schedule:
     time_zone: str
     windows: tuple[Window, ...]
+    clock_offset: float = 0.0  # unix seconds at the decision clock's 0 (the simulator's trace start); 0 in the operator
 
     def active(self, unix_time: float) -> Window | None:
         """The window covering this moment in the schedule's time zone, or None."""
-        local = datetime.fromtimestamp(unix_time, ZoneInfo(self.time_zone))
+        local = datetime.fromtimestamp(unix_time + self.clock_offset, ZoneInfo(self.time_zone))
         minute = local.hour * 60 + local.minute
         return next((w for w in self.windows if w.covers(local.weekday(), minute)), None)
 
@@ -109,10 +110,10 @@ def parse(raw, max_replicas: int) -> Schedule | None:
             raise ScheduleError(f"{at}.minReplicas", f"must be a whole number between 0 and maxReplicas ({max_replicas}), "
                                 f"got {floor_!r}")
         name = item.get("name") or f"windows[{i}]"
-        windows.append(Window(str(name), frozenset(DAYS.index(d) for d in days), start, end, floor_))
+        windows.append(Window(str(name), tuple(sorted({DAYS.index(d) for d in days})), start, end, floor_))
     for i, a in enumerate(windows):
         for j, b in enumerate(windows[:i]):
-            shared = sorted(a.days & b.days)
+            shared = sorted(set(a.days) & set(b.days))
             if a.min_replicas != b.min_replicas and shared and a.start < b.end and b.start < a.end:
                 raise ScheduleError(
                     f"schedule.windows[{i}]",
