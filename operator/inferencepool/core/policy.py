@@ -14,6 +14,7 @@ from inferencepool.core import forecast as fc
 from inferencepool.core.capacity import Capacity, KvState, TokenTimeCurve, effective_capacity
 from inferencepool.core.queueing import Queue, TargetUnreachable
 from inferencepool.core.sanitize import clean
+from inferencepool.core.schedule import Schedule, floor as scheduled_floor
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class PoolSpec:
     # Transient sizing (off while None): Erlang-C is steady state; a backlog of `waiting` requests also needs
     # the capacity to drain it within this many seconds, added on top (vllm:num_requests_waiting).
     backlog_drain_seconds: float | None = None
+    # Scheduled warm floors (core/schedule.py): while a window is active its minReplicas replaces min_replicas.
+    # Read at obs.time as unix seconds (the simulator passes its trace's wall-clock time).
+    schedule: Schedule | None = None
 
     @property
     def replica_cap(self) -> int:
@@ -143,6 +147,8 @@ class Decision:
     saturated: bool = False
     scaling_limited: bool = False
     capacity: Capacity | None = None  # effective slots and service time per replica, when load-dependent
+    floor: int | None = None  # the warm floor at this moment (spec.minReplicas or the active schedule window's)
+    floor_window: str | None = None  # the schedule window that set it; None: spec.minReplicas
 
     @property
     def action(self) -> str:
@@ -238,10 +244,12 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     most `scale_down_max_step` at a time.
     """
     obs, history, invalid = clean(obs, history)  # impossible values (inf, negative, absurd) hold the pool
+    floor, window = scheduled_floor(spec.min_replicas, spec.schedule, obs.time)
+    floors = {"floor": floor, "floor_window": window.name if window else None}
     if invalid:
-        return _hold_for_metrics(spec, obs, history, False, True, invalid)
+        return replace(_hold_for_metrics(replace(spec, min_replicas=floor), obs, history, False, True, invalid), **floors)
     current = obs.current_replicas
-    floor, cap = spec.min_replicas, spec.replica_cap
+    cap = spec.replica_cap
     service_time = obs.service_time if _usable(obs.service_time) and obs.service_time > 0 else None
     trusted = service_time
     few = obs.service_samples is not None and obs.service_samples < MIN_SERVICE_SAMPLES
@@ -254,8 +262,10 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         service_time = trusted = history.last_service_time  # no request finished this window: keep the last known
     stale = obs.metrics_age_seconds > spec.max_metrics_age_seconds
     rate_known = _usable(obs.arrival_rate)
+    if current == 0 and not stale and rate_known and obs.arrival_rate > 0 and service_time is None:
+        return replace(_wake(spec, obs, history, floor), **floors)
     if stale or not rate_known or (service_time is None and obs.arrival_rate > 0):
-        return _hold_for_metrics(spec, obs, history, stale, rate_known)
+        return replace(_hold_for_metrics(replace(spec, min_replicas=floor), obs, history, stale, rate_known), **floors)
 
     forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate)
     history = feedback(spec, obs, replace(history, forecaster=forecaster, last_service_time=trusted))
@@ -341,8 +351,26 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         saturated=saturated,
         scaling_limited=limited,
         capacity=capacity,
+        **floors,
     )
     return replace(decision, reason=explain(spec, obs, decision))
+
+
+def _wake(spec: PoolSpec, obs: Observations, history: History, floor: int) -> Decision:
+    """Scale from zero: requests arrive (an upstream counter sees them) and no service time was ever
+    measured, so Erlang-C cannot size the pool yet: start max(floor, 1) replicas; the next decisions size
+    it from the metrics that replica exports. The first requests wait a cold start."""
+    replicas = min(max(floor, 1), spec.replica_cap)
+    cold = horizon(replace(spec, prediction_horizon_seconds=None), obs)
+    return Decision(
+        replicas=replicas,
+        previous_replicas=0,
+        constraint="wake_from_zero",
+        reason=(f"scale up 0 -> {replicas}: arrival {obs.arrival_rate:.3g}/s at zero replicas wakes the pool; "
+                f"the first requests wait a cold start (about {cold:.0f}s)"),
+        history=replace(history, last_scale_time=obs.time),
+        planning_rate=obs.arrival_rate,
+    )
 
 
 def _hold_for_metrics(
@@ -387,7 +415,9 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
     move = f"{head} {d.previous_replicas} -> {d.replicas}" if d.action != "hold" else f"hold at {d.replicas}"
     why = {
         "slo": f"{d.required_replicas} replicas meet {slo}",
-        "warm_floor": f"the SLO needs {d.required_replicas}, the warm floor is {spec.min_replicas}",
+        "warm_floor": f"the SLO needs {d.required_replicas}, the warm floor is "
+                      f"{spec.min_replicas if d.floor is None else d.floor}"
+                      + (f" (schedule window {d.floor_window})" if d.floor_window else ""),
         "falling_demand": f"demand is falling: the forecast holds {d.required_replicas} replicas but adds none",
         "max_replicas": f"the SLO needs more than the {spec.max_replicas} max replicas",
         "gpu_budget": f"the GPU budget of {spec.max_gpus} allows {spec.replica_cap} replicas",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import kopf
 
-from inferencepool.operator import drain, logs, observe, slo as pool_slo, spec as pool_spec, status as pool_status, workload
+from inferencepool.operator import drain, logs, modes, observe, slo as pool_slo, spec as pool_spec, status as pool_status, workload
 from inferencepool.core import policy
 from inferencepool.operator.metrics import OperatorMetrics
 
@@ -153,7 +153,7 @@ class Operator:
             if FIELD_MANAGER in owners and SCALER_MANAGER not in owners:
                 # Server-side apply removes a field that its only owner stops applying: re-applying the
                 # template (no replicas) would drop the Deployment to 1 replica, deleting pods at random.
-                self.kube.own_replicas(namespace, name, int((live.get("spec") or {}).get("replicas") or 1))
+                self.kube.own_replicas(namespace, name, int((live.get("spec") or {}).get("replicas", 1)))
             self.kube.apply(deployment)
         self.kube.apply(workload.service(body, config))
         return deployment
@@ -200,8 +200,10 @@ class Operator:
         cold_start = observe.cold_start_seconds(pods) or status.get("coldStartSeconds")
         live_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
         last_desired = status.get("desiredReplicas")
+        advisory = config.mode == modes.ADVISORY  # decide and report; never set the replicas
         hand_edited = (
-            last_desired is not None
+            not advisory and status.get("mode") != modes.ADVISORY  # another scaler's count is no hand edit
+            and last_desired is not None
             and live_replicas != last_desired
             and replicas_manager(deployment) not in (None, SCALER_MANAGER, FIELD_MANAGER)
         )
@@ -213,7 +215,9 @@ class Operator:
             pools = self.reader.read(config.prometheus_url, config.matchers)
             window_note = getattr(pools, "window_note", None)
             metrics = observe.find(pools, namespace, name)
-            if metrics is None or metrics.newest_sample_time is None:
+            if live_replicas == 0 and config.arrival_query:  # scale from zero: no vLLM runs, upstream sees demand
+                metrics, arrival_problem = modes.upstream_metrics(self.reader, config, now)
+            elif metrics is None or metrics.newest_sample_time is None:
                 missing = observe.missing_series_message(
                     metrics, getattr(pools, "unlabelled_series", 0), self.config.query, namespace, name)
             elif config.arrival_query and not metrics.invalid_signals:  # the pool's own signal wins over vLLM's
@@ -229,10 +233,15 @@ class Operator:
         obs = replace(obs, slo_window_end=window_end, slo_window_good=window_good)
         history = policy.History.from_dict(pool_status.history_from_status(status))
         decision = policy.decide(config.policy, obs, history)
+        if advisory:
+            decision = modes.advisory_decision(decision, history)
+            would = modes.would_event(decision, status.get("advisory"))
+            if would:
+                kopf.info(body, reason=would[0], message=would[1])
 
-        if decision.replicas < live_replicas:
+        if decision.replicas < live_replicas and not advisory:
             self._mark_idlest(namespace, name, config, pods)
-        if decision.replicas != live_replicas:
+        if decision.replicas != live_replicas and not advisory:
             self.kube.scale(namespace, name, decision.replicas)
         if hand_edited and decision.replicas != live_replicas:
             kopf.warn(
@@ -243,7 +252,7 @@ class Operator:
                     f"{decision.replicas}. The pool owns its replica count: change minReplicas/maxReplicas instead."
                 ),
             )
-        if decision.action != "hold":
+        if decision.action != "hold" and not advisory:
             kopf.info(body, reason="ScaledUp" if decision.action == "scale_up" else "ScaledDown", message=decision.reason)
 
         generation = body.metadata.get("generation")
@@ -254,15 +263,17 @@ class Operator:
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)
-        patch.status.update(
+        patch.status.update(modes.status_patch(
+            config.mode,
             pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation,
                                         getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None),
-                                        slo_status)
-        )
+                                        slo_status),
+            decision, live_replicas, status.get("advisory"), pool_status.timestamp(now)))
         self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
         self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
         self.metrics.record_status(namespace, name, config.policy, decision, conditions_now, patch.status)
         self.metrics.record_slo(namespace, name, slo_status)
+        self.metrics.record_mode(namespace, name, config.mode, live_replicas)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     def forget(self, body, **_) -> None:
@@ -320,6 +331,7 @@ class Operator:
             metrics_age_seconds=obs.metrics_age_seconds,
             prometheus_error=prometheus_error,
             hand_edit_reverted=hand_edited,
+            mode=config.mode,
         )
 
 

@@ -62,6 +62,7 @@ class OperatorMetrics:
                 metric.remove(*labels)
         self.forget_status(namespace, pool)
         self.record_slo(namespace, pool, None)
+        self.record_mode(namespace, pool, None)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)
@@ -144,3 +145,24 @@ class OperatorMetrics:
                     pass
             else:
                 gauge.labels(namespace, pool).set(value)
+
+    # ---------------------------------------------------------------- spec.mode (operator/modes.py)
+
+    def record_mode(self, namespace: str, pool: str, mode: str | None, deployment_replicas: int = 0) -> None:
+        """inferencepool_advisory (1 Advisory, 0 Active) and the Deployment's replicas, so a dashboard sets an
+        advisory pool's inferencepool_desired_replicas (what it would set) beside what runs; None forgets."""
+        if not hasattr(self, "_mode"):
+            self._mode = (
+                Gauge("inferencepool_advisory", "1: spec.mode Advisory (decides, never scales); 0: Active.", POOL,
+                      registry=self.registry),
+                Gauge("inferencepool_deployment_replicas", "The Deployment's spec.replicas at the last decision.", POOL,
+                      registry=self.registry),
+            )
+        for gauge, value in zip(self._mode, (mode == "Advisory", deployment_replicas)):
+            if mode is None:
+                try:
+                    gauge.remove(namespace, pool)
+                except KeyError:
+                    pass
+            else:
+                gauge.labels(namespace, pool).set(float(value))

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from inferencepool.core import schedule as floors
 from inferencepool.core.policy import PoolSpec
 
 GROUP = "autoscaling.inferencepool.dev"
@@ -54,7 +55,9 @@ DEFAULTS = {
     "metrics.maxAgeSeconds": 120,
     "cost.gpuHourPrice": "0",
     "cost.currency": "USD",
+    "mode": "Active",
 }
+MODES = ("Active", "Advisory")  # Advisory: decide and report, never set the Deployment's replicas
 _REQUIRED = object()
 
 # `vllm serve` flags the operator sets itself or relies on: (flag, pattern, what to do instead). The CRD
@@ -112,6 +115,7 @@ class PoolConfig:
     currency: str
     slo_window: str = "60s"  # the SLO scoring window, a PromQL duration
     slo_period: str = "7d"  # the period attainment is measured over
+    mode: str = "Active"  # Advisory: decide and report only (operator/modes.py)
 
     @property
     def slots(self) -> int:
@@ -248,6 +252,28 @@ def _slo_windows(spec: Mapping) -> tuple[float | None, str, str]:
     return objective, window, period
 
 
+ZERO_NEEDS = ("needs spec.metrics.arrivalRateQuery: with no replica vLLM exports no metrics, so only an upstream "
+              "counter (a gateway or router) can see the first request; set it or use minReplicas >= 1")
+
+
+def _schedule(spec: Mapping, min_replicas: int, max_replicas: int, gpus: int, max_gpus: int | None):
+    """spec.schedule (core/schedule.py), and the floors at 0 that need an upstream arrival signal."""
+    try:
+        schedule = floors.parse(spec.get("schedule"), max_replicas)
+    except floors.ScheduleError as error:
+        raise SpecError(error.field, str(error)) from None
+    has_query = _text(spec, "metrics.arrivalRateQuery", None) is not None
+    if min_replicas == 0 and not has_query:
+        raise SpecError("minReplicas", f"0 {ZERO_NEEDS}")
+    for i, window in enumerate(schedule.windows if schedule else ()):
+        if window.min_replicas == 0 and not has_query:
+            raise SpecError(f"schedule.windows[{i}].minReplicas", f"0 {ZERO_NEEDS}")
+        if max_gpus is not None and window.min_replicas * gpus > max_gpus:
+            raise SpecError(f"schedule.windows[{i}].minReplicas", f"x gpu.perReplica ({window.min_replicas * gpus}) "
+                            f"must fit maxGPUs ({max_gpus}): lower the window's floor or raise maxGPUs")
+    return schedule
+
+
 def parse(spec: Mapping) -> PoolConfig:
     """The pool's config, or SpecError naming the first field that cannot be used."""
     if not isinstance(spec, Mapping):
@@ -258,7 +284,7 @@ def parse(spec: Mapping) -> PoolConfig:
     percentile = _number(spec, "slo.percentile", lambda p: 0 < p < 1, "a number strictly between 0 and 1, e.g. 0.99")
     target = _number(spec, "slo.targetSeconds", lambda t: t > 0, "a number of seconds > 0, e.g. 10")
     gpus = _integer(spec, "gpu.perReplica", 1, 64)
-    min_replicas = _integer(spec, "minReplicas", 1, 10000)
+    min_replicas = _integer(spec, "minReplicas", 0, 10000)  # 0 only with an upstream arrival signal (_schedule)
     max_replicas = _integer(spec, "maxReplicas", 1, 10000)
     if min_replicas > max_replicas:
         raise SpecError(
@@ -270,6 +296,7 @@ def parse(spec: Mapping) -> PoolConfig:
             "maxGPUs",
             f"must be at least minReplicas x gpu.perReplica = {min_replicas * gpus} so the warm floor fits, got {max_gpus}",
         )
+    schedule = _schedule(spec, min_replicas, max_replicas, gpus, max_gpus)
     objective, slo_window, slo_period = _slo_windows(spec)
     price = _number(spec, "cost.gpuHourPrice", lambda p: p >= 0, 'a price >= 0 such as "2.50"')
     policy = PoolSpec(
@@ -290,6 +317,7 @@ def parse(spec: Mapping) -> PoolConfig:
         max_metrics_age_seconds=float(_integer(spec, "metrics.maxAgeSeconds", 1, 86400)),
         gpu_hour_price=price,
         slo_objective=objective,
+        schedule=schedule,
     )
     name = _text(spec, "model.name")
     memory, memory_limit = _quantity(spec, "engine.resources.memory"), _quantity(spec, "engine.resources.memoryLimit")
@@ -311,7 +339,11 @@ def parse(spec: Mapping) -> PoolConfig:
     node_selector = _lookup(spec, "scheduling.nodeSelector", {})
     if not isinstance(node_selector, Mapping) or not all(isinstance(v, str) for v in node_selector.values()):
         raise SpecError("scheduling.nodeSelector", "must map label names to string values")
+    mode = _lookup(spec, "mode")
+    if mode not in MODES:
+        raise SpecError("mode", f"must be Active or Advisory, got {mode!r}")
     return PoolConfig(
+        mode=mode,
         policy=policy,
         model_name=name,
         model_source=_text(spec, "model.source", name),

@@ -103,6 +103,10 @@ def conditions(
 
     if obs.ready_replicas > 0:
         ready = make("Ready", True, "Serving", f"{obs.ready_replicas} of {decision.replicas} replicas Ready")
+    elif decision.replicas == 0 and obs.current_replicas == 0:  # scale from zero (spec.minReplicas 0)
+        cold = obs.cold_start_seconds or config.policy.default_cold_start_seconds
+        ready = make("Ready", True, "ScaledToZero", "0 replicas: the next request seen by spec.metrics.arrivalRateQuery "
+                     f"wakes the pool and waits a cold start (about {cold:.0f}s) before it is served")
     else:
         ready = make("Ready", False, "NoReadyReplicas", f"0 of {decision.replicas} replicas Ready yet (model loading or no GPU)")
 

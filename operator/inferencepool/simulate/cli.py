@@ -135,6 +135,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="lognormal sigma, or uniform half-width as a fraction of the mean (default 0.25)")
     g.add_argument("--min-replicas", type=_typed(int), default=1, help="warm floor for every adaptive policy (default 1)")
     g.add_argument("--max-replicas", type=_typed(_positive(int)), default=100, help="default 100")
+    g.add_argument("--schedule", type=Path, metavar="FILE",
+                   help="scheduled warm floors for our policies (reactive, predictive): a YAML/JSON file holding an "
+                        "InferencePool's spec.schedule (timeZone, windows); needs --start")
+    g.add_argument("--start", metavar="ISO-TIME",
+                   help="with --schedule: the wall-clock time of the trace's first second, e.g. 2026-12-07T08:00+01:00")
     g = parser.add_argument_group("control loop")
     g.add_argument("--reconcile-interval", type=duration, default=15.0, help="default 15s")
     g.add_argument("--rate-window", type=duration, default=120.0,
@@ -180,6 +185,7 @@ def build(args: argparse.Namespace):
         raise ValueError("the trace has fewer than two requests")
     slo = args.slo
     spec = PoolSpec(
+        schedule=_schedule(args),
         slo_metric=slo.metric, slo_percentile=slo.percentile, slo_target_seconds=slo.target_seconds,
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
         slots_per_replica=args.slots_per_replica, default_cold_start_seconds=args.cold_start,
@@ -200,8 +206,38 @@ def build(args: argparse.Namespace):
     return Scenario(trace=trace, spec=spec, fleet=fleet, service_model=service, seed=args.seed, score_from=warm_up)
 
 
+def _schedule(args: argparse.Namespace):
+    """--schedule at --start: spec.schedule's windows, on a clock that starts at the trace's first second."""
+    if getattr(args, "schedule", None) is None:
+        return None
+    import datetime
+    from dataclasses import replace
+
+    import yaml
+
+    from inferencepool.core import schedule as floors
+
+    if not args.start:
+        raise ValueError("--schedule needs --start: the wall-clock time of the trace's first second, e.g. 2026-12-07T08:00+01:00")
+    try:
+        start = datetime.datetime.fromisoformat(args.start)
+    except ValueError:
+        raise ValueError(f"--start {args.start!r} is not an ISO 8601 time such as 2026-12-07T08:00+01:00") from None
+    raw = yaml.safe_load(args.schedule.read_text())
+    try:
+        parsed = floors.parse(raw.get("schedule", raw) if isinstance(raw, dict) else raw, args.max_replicas)
+    except floors.ScheduleError as error:
+        raise ValueError(f"--schedule {args.schedule}: spec.{error.field}: {error}") from None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=datetime.timezone.utc)
+    return replace(parsed, clock_offset=start.timestamp())
+
+
 def describe(scenario) -> list[str]:
     """What was simulated, in words: every assumption and every reshaping of the trace."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
     from inferencepool.simulate.baselines import peak_rate
     from inferencepool.simulate.compare import starting_replicas
 
@@ -223,6 +259,10 @@ def describe(scenario) -> list[str]:
         f"${s.gpu_hour_price:g}/GPU-h; replicas {s.min_replicas}..{s.replica_cap}; cold start {f.cold_start_distribution} "
         f"mean {format_duration(f.cold_start_seconds)}"
         + (f" (spread {f.cold_start_spread:g})" if f.cold_start_distribution != "fixed" else ""),
+        *([f"Schedule: {len(s.schedule.windows)} window(s) in {s.schedule.time_zone} ("
+           + ", ".join(f"{w.name} floor {w.min_replicas}" for w in s.schedule.windows)
+           + f"), the trace starting {datetime.fromtimestamp(s.schedule.clock_offset, ZoneInfo(s.schedule.time_zone)).isoformat()}"
+           "; for our policies only"] if s.schedule else []),
         f"Control: reconcile every {format_duration(f.reconcile_seconds)}; rate over {format_duration(f.rate_window_seconds)}, "
         f"service time over {format_duration(f.service_window_seconds)}, read {format_duration(f.scrape_delay_seconds)} late",
         f"SLO: {'mean' if s.slo_percentile is None else f'p{s.slo_percentile * 100:g}'} {s.slo_metric} < "
