@@ -222,3 +222,18 @@ def test_an_invalid_budget_is_reported_and_forgotten():
     status = reconcile(budget_handlers(book, []), "bad", {"gpus": 2, "pools": [{"name": "a", "weight": -1}]})
     assert status["conditions"][0]["reason"] == "InvalidSpec" and "spec.pools[0].weight" in status["conditions"][0]["message"]
     assert "serving/bad" not in book.budgets
+
+
+def test_a_new_pool_joins_its_budget_by_label_before_the_budget_lists_it():
+    operator, kube, reader, book = world(3, {"chat": 1})
+    book.budgets["serving/shared"] = budget.BudgetState(
+        "serving/shared", budget.parse({"gpus": 3, "pools": [{"selector": {"matchLabels": {"tier": "batch"}}}]}), 3)
+    reader.pools = loads(batch=12.0)
+    pool = Pool("batch")
+    pool.raw["metadata"]["labels"] = {"tier": "batch"}
+    assert pool.tick(operator)["desiredReplicas"] == 3  # wants 4 alone
+    assert "serving/batch" in book.budgets["serving/shared"].members
+    other = Pool("batch-ns")
+    other.raw["metadata"]["namespace"] = "elsewhere"
+    other.raw["metadata"]["labels"] = {"tier": "batch"}
+    assert book.budget_of("elsewhere/batch-ns") is None

@@ -138,6 +138,7 @@ class BudgetBook:
         """Cap the pool's decision at its share of its budget (no budget: the decision as it is)."""
         namespace, name = body.metadata.namespace, body.metadata.name
         key = f"{namespace}/{name}"
+        self._join(key, namespace, name, body.metadata.get("labels") or {}, obs.current_replicas)
         state = self.budget_of(key)
         previous = (body.get("status") or {}).get("budget")
         if state is None:
@@ -177,6 +178,15 @@ class BudgetBook:
         log.info("budget clamp", namespace=namespace, pool=name, budget=state.key, wanted=decision.replicas,
                  granted=grant.replicas, replicas=replicas, held_by=list(grant.held_by), others_gpus=others)
         return limited
+
+    def _join(self, key: str, namespace: str, name: str, labels: Mapping[str, str], running: int) -> None:
+        """A pool its budget's last tick did not list yet (just created) joins at once, not a tick late."""
+        for state in self.budgets.values():
+            if key not in state.members and state.key.split("/", 1)[0] == namespace:
+                member = state.spec.member(name, labels)
+                if member is not None:
+                    state.members[key] = member
+                    state.running.setdefault(key, running)
 
     def _running(self, state: BudgetState, pool: str) -> int:
         return self.applied.get(pool, state.running.get(pool, 0))
@@ -275,13 +285,13 @@ class BudgetHandlers:
             "grantedGPUs": allocation.used,
             "wantedGPUs": sum(g.want * claims[g.name].gpus_per_replica for g in grants),
             "limitedPools": ",".join(g.name.split("/", 1)[1] for g in grants if g.limited) or None,
-            "allocations": [{
-                "pool": g.name.split("/", 1)[1], "priority": g.priority, "weight": claims[g.name].weight,
+            "allocations": [_compact({
+                "pool": g.name.split("/", 1)[1], "priority": g.priority, "weight": _number(claims[g.name].weight),
                 "wantedReplicas": g.want, "grantedReplicas": g.replicas, "gpus": g.gpus, "floor": g.floor,
                 "missProbability": pool_status.rounded(g.miss_probability, 3), "limited": g.limited,
                 "heldBy": [h.split("/", 1)[1] for h in g.held_by] or None,
                 "reason": core_budget.explain(g, allocation, key),
-            } for g in grants] or None,
+            }) for g in grants] or None,
             "conditions": [
                 pool_status.condition("Ready", not problems, problems[0][0] if problems else "Allocated",
                                       "; ".join(m for _, m in problems) if problems else
@@ -297,6 +307,15 @@ class BudgetHandlers:
 
     def forget(self, body, **_) -> None:
         self.book.budgets.pop(f"{body.metadata.namespace}/{body.metadata.name}", None)
+
+
+def _compact(entry: dict) -> dict:
+    """Without None values: inside a list they would be stored as absent, and kopf would see a difference."""
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def _number(value: float) -> int | float:
+    return int(value) if value == int(value) else value
 
 
 def _ready_message(status: Mapping | None) -> str | None:
