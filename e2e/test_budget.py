@@ -106,6 +106,9 @@ def test_three_pools_share_a_budget_by_priority(cluster, crd, budget_crd, namesp
     assert get_pool(cluster, namespace, "chat")["status"]["constraint"] == "slo"
     table = cluster.kubectl("-n", namespace, "get", "gpub", "shared").stdout
     assert H100 in table and "search,batch" in table
+    # for the README (shown with -s): the budget, the pools, and what the limited pool says
+    print(table, cluster.kubectl("-n", namespace, "get", "ipool").stdout, json.dumps(status, indent=1),
+          json.dumps(batch["budget"], indent=1), sep="\n")
 
     # chat's load falls: it needs 1; the GPUs it frees go to search (priority 5) first, then batch, and only
     # as chat gives them back: the pools never hold more than the budget on the way. (While the pools were
