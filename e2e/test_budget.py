@@ -100,7 +100,7 @@ def test_three_pools_share_a_budget_by_priority(cluster, crd, budget_crd, namesp
     limited = {c["type"]: c for c in batch["conditions"]}["ScalingLimited"]
     assert limited["status"] == "True" and limited["reason"] == "BudgetLimited"
     assert f"budget {namespace}/shared: 1 of the 3 replicas the SLO wants" in limited["message"]
-    assert any(e["reason"] == "BudgetLimited" and f"held back by {namespace}/chat, {namespace}/search" in e["message"]
+    assert any(e["reason"] == "BudgetLimited" and f"held back by {namespace}/chat (priority 10), {namespace}/search (priority 5)" in e["message"]
                for e in pool_events(cluster, namespace, "batch"))
     assert "budget" in get_pool(cluster, namespace, "chat")["status"]
     assert get_pool(cluster, namespace, "chat")["status"]["constraint"] == "slo"

@@ -93,7 +93,9 @@ def test_explain_names_the_budget_and_who_held_the_pool_back():
     result = allocate([claim("ns/a", priority=1), claim("ns/b")], 4)
     text = explain(result.grants["ns/b"], result, "ns/shared")
     assert text == ("budget ns/shared: 1 of the 3 replicas the SLO wants (1 of 4 GPUs, 4 granted); "
-                    "held back by ns/a (priority or more SLO per GPU)")
+                    "held back by ns/a (priority 1)")
+    even = allocate([claim("ns/a"), claim("ns/b")], 3)
+    assert explain(even.grants["ns/b"], even, "x").endswith("held back by ns/a (same priority, more SLO per GPU)")
 
 
 # ---------------------------------------------------------------- properties

@@ -133,5 +133,11 @@ def explain(grant: Grant, allocation: Allocation, budget: str) -> str:
     head += f" ({grant.gpus} of {allocation.gpus} GPUs, {allocation.used} granted)"
     if not grant.limited:
         return head
-    others = ", ".join(grant.held_by) if grant.held_by else "floors of other pools"
-    return f"{head}; held back by {others} (priority or more SLO per GPU)"
+    if not grant.held_by:
+        return f"{head}; held back by the floors of other pools"
+
+    def why(name: str) -> str:
+        other = allocation.grants[name].priority
+        return f"{name} (priority {other})" if other > grant.priority else f"{name} (same priority, more SLO per GPU)"
+
+    return f"{head}; held back by {', '.join(why(n) for n in grant.held_by)}"
