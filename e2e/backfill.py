@@ -3,7 +3,7 @@
 kube_deployment_spec_replicas, with timestamps, turned into TSDB blocks by
 `promtool tsdb create-blocks-from openmetrics` (https://prometheus.io/docs/prometheus/latest/storage/#backfilling-from-openmetrics-format).
 
-    python e2e/backfill.py OUT.om   # a 90-minute example history ending now
+    python e2e/backfill.py OUT.om   # the 90-minute history of e2e/test_backtest.py, ending 2 minutes ago
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def create_blocks(om_text: str, work: Path, data_dir: Path) -> None:
         raise RuntimeError(f"promtool failed: {r.stderr}{r.stdout}")
 
 
-if __name__ == "__main__":
-    phases = [Phase(1800, 2.0, 1.5, 4), Phase(1800, 6.0, 1.5, 4), Phase(1800, 2.0, 1.5, 4)]
-    Path(sys.argv[1]).write_text(openmetrics("serving", "llama", phases, time.time()))
+if __name__ == "__main__":  # the history e2e/test_backtest.py uses; prints its end (for --until)
+    phases = [Phase(1800, 2.0, 1.5, 4), Phase(1800, 4.0, 1.5, 4, wait=2.0), Phase(1800, 2.0, 1.5, 4)]
+    end = float(int(time.time()) - 120)
+    Path(sys.argv[1]).write_text(openmetrics("serving", "llama", phases, end))
+    print(f"{end:.0f}")
