@@ -48,3 +48,26 @@ def test_replay_scores_every_policy_and_what_ran():
     assert scores["ours"].attainment >= 0.99 and scores["ours"].steps_met_share == 1.0
     rows = table(list(scores.values()))
     assert rows[0].startswith("| policy | GPU-hours") and any(r.startswith("| actual | 1.47 | 8.00 |") for r in rows)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pool", "llama"], "--pool must be NAMESPACE/NAME"),
+    (["--pool", "a/b", "--percentile", "1.5"], "--percentile must be strictly between 0 and 1"),
+    (["--pool", "a/b", "--since", "a week"], "--since"),
+])
+def test_bad_flags_exit_2_with_one_line_naming_the_flag(flags, message, capsys):
+    from inferencepool.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        code = main(["backtest", "--prometheus", "http://127.0.0.1:1", *flags])
+        raise SystemExit(code)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unreachable_prometheus_is_one_line_and_exit_1(capsys):
+    from inferencepool.cli import main
+
+    assert main(["backtest", "--prometheus", "http://127.0.0.1:1", "--pool", "a/b", "--since", "10m"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Prometheus at http://127.0.0.1:1 failed") and len(err.strip().splitlines()) == 1
