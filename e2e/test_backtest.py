@@ -45,12 +45,13 @@ def test_backtest_replays_the_real_history(history_prometheus, tmp_path, capsys)
     out = tmp_path / "scores.json"
     code = main(["backtest", "--prometheus", prom.url, "--pool", "serving/llama", "--since", "90m", "--until", f"{end:.0f}",
                  "--step", "1m", "--target-seconds", "1", "--percentile", "0.99", "--slots-per-replica", "4",
-                 "--json", str(out)])
+                 "--json", str(out), "--png", str(tmp_path / "backtest.png")])
     printed = capsys.readouterr().out
     assert code == 0, printed
     scores = {s["policy"]: s for s in json.loads(out.read_text())}
     assert set(scores) == {"actual", "ours", "hpa", "static-peak"}
     assert "| actual | " in printed and "| ours | " in printed
+    assert (tmp_path / "backtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     actual = scores["actual"]
     assert set(actual["replicas"]) == {4} and len(actual["replicas"]) == 91  # kube_deployment_spec_replicas, each minute

@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-replicas", type=int, default=1)
     parser.add_argument("--max-replicas", type=int, default=64)
     parser.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    parser.add_argument("--png", metavar="FILE", help="also plot replicas per policy and the arrival rate over time")
     parser.set_defaults(handler=run)
 
 
@@ -100,8 +101,34 @@ def run(args: argparse.Namespace) -> int:
     print(f"backtest {namespace}/{name}: {len(steps)} steps of {args.step:g}s, {seen} with metrics; "
           f"SLO p{spec.slo_percentile * 100:g} wait <= {spec.slo_target_seconds:g}s, {spec.slots_per_replica} slots/replica")
     print("\n".join(replay.table(scores)))
+    if args.png:
+        plot(steps, scores, f"{namespace}/{name}", args.png)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{"policy": s.policy, "gpu_hours": s.gpu_hours, "attainment": s.attainment,
                         "steps_met": s.steps_met_share, "measured": s.measured, "replicas": s.replicas} for s in scores], f)
     return 0
+
+
+def plot(steps, scores, title: str, path: str) -> None:
+    """Replicas each policy (and what ran) held at each step, over the measured arrival rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = steps[0].time
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5), height_ratios=(2, 1))
+    for s in scores:
+        times = [(st.time - start) / 3600 for st in steps if s.policy != "actual" or st.actual_replicas is not None]
+        top.step(times[: len(s.replicas)], s.replicas, where="post", label=f"{s.policy} ({s.gpu_hours:.1f} GPU-h)")
+    top.set_ylabel("replicas")
+    top.legend(fontsize=8)
+    top.set_title(f"backtest {title}")
+    bottom.plot([(st.time - start) / 3600 for st in steps],
+                [st.obs.arrival_rate if st.obs is not None and st.obs.arrival_rate is not None else float("nan") for st in steps])
+    bottom.set_ylabel("arrivals / s")
+    bottom.set_xlabel("hours")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
