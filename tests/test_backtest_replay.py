@@ -71,3 +71,23 @@ def test_an_unreachable_prometheus_is_one_line_and_exit_1(capsys):
     assert main(["backtest", "--prometheus", "http://127.0.0.1:1", "--pool", "a/b", "--since", "10m"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Prometheus at http://127.0.0.1:1 failed") and len(err.strip().splitlines()) == 1
+
+
+def test_spec_comes_from_an_inferencepool_manifest(tmp_path):
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from inferencepool.backtest.cli import pool_spec
+    from inferencepool.operator.spec import parse
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "l4-llama8b.yaml"
+    manifest = next(d for d in yaml.safe_load_all(example.read_text()) if d and d["kind"] == "InferencePool")
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    assert pool_spec(argparse.Namespace(spec=str(path))) == parse(manifest["spec"]).policy
+    assert pool_spec(argparse.Namespace(spec=str(example))) == parse(manifest["spec"]).policy  # several documents
+    path.write_text(yaml.safe_dump({"spec": {**manifest["spec"], "minReplicas": -1}}))
+    with pytest.raises(ValueError, match=f"--spec {path}: spec.minReplicas"):
+        pool_spec(argparse.Namespace(spec=str(path)))

@@ -133,3 +133,25 @@ def test_monotone_in_priority(claims, gpus, raise_by):
     before = allocate(claims, gpus).grants[claims[0].name].replicas
     promoted = [replace(claims[0], priority=claims[0].priority + raise_by), *claims[1:]]
     assert allocate(promoted, gpus).grants[claims[0].name].replicas >= before
+
+
+def alternate(rounds=10):
+    """Two equal pools whose loads swap by +-3% every round; each round starts from the last split."""
+    held = {"a": 1, "b": 1}
+    splits = []
+    for k in range(rounds):
+        high, low = Queue(1.03, 1.0), Queue(0.97, 1.0)
+        qa, qb = (high, low) if k % 2 else (low, high)
+        result = allocate([claim("a", queue=qa, current=held["a"]), claim("b", queue=qb, current=held["b"])], 3)
+        held = {n: g.replicas for n, g in result.grants.items()}
+        splits.append((held["a"], held["b"]))
+    return splits
+
+
+def test_no_ping_pong_when_two_pools_swap_small_load_differences(monkeypatch):
+    splits = alternate()
+    assert len(set(splits[1:])) == 1  # the spare GPU stays where it went first
+    import inferencepool.core.budget as budget_module
+
+    monkeypatch.setattr(budget_module, "HYSTERESIS", 0.0)
+    assert len(set(alternate()[1:])) == 2  # without hysteresis it moves every round

@@ -63,8 +63,9 @@ def pool_spec(args: argparse.Namespace):
 
         from inferencepool.operator import spec as pool_spec_module
 
-        with open(args.spec) as f:
-            manifest = yaml.safe_load(f)
+        with open(args.spec) as f:  # the first InferencePool of the file (examples/ hold several kinds)
+            docs = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+        manifest = next((d for d in docs if d.get("kind") == "InferencePool"), docs[0] if docs else {})
         try:
             return pool_spec_module.parse((manifest or {}).get("spec") or {}).policy
         except pool_spec_module.SpecError as error:
