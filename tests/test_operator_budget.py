@@ -156,10 +156,12 @@ class FakeCore:
     def __init__(self, nodes, pods):
         self.nodes, self.pods = nodes, pods
 
-    def list_node(self):
-        return {"items": self.nodes}
+    def list_node(self, label_selector):
+        key, _, value = label_selector.partition("=")
+        return {"items": [n for n in self.nodes if n["metadata"]["labels"].get(key) == value]}
 
-    def list_pod_for_all_namespaces(self):
+    def list_pod_for_all_namespaces(self, field_selector):
+        assert field_selector == "status.phase!=Succeeded,status.phase!=Failed"
         return {"items": self.pods}
 
 
@@ -187,7 +189,9 @@ def test_budget_status_lists_who_got_what_and_counts_other_workloads(events):
     book.claims["serving/chat"] = budget.core_budget.Claim("serving/chat", want=4, floor=1, current=4, queue=Queue(3, 1))
     book.claims["serving/batch"] = budget.core_budget.Claim("serving/batch", want=4, floor=1, current=1, queue=Queue(3, 1))
     nodes = [{"metadata": {"name": "h1", "labels": {"nvidia.com/gpu.product": "H100"}},
-              "status": {"allocatable": {"nvidia.com/gpu": "8"}}}]
+              "status": {"allocatable": {"nvidia.com/gpu": "8"}}},
+             {"metadata": {"name": "l1", "labels": {"nvidia.com/gpu.product": "L4"}},
+              "status": {"allocatable": {"nvidia.com/gpu": "1"}}}]
     pods = [{"metadata": {"namespace": "ml", "labels": {}}, "status": {"phase": "Running"},
              "spec": {"nodeName": "h1", "containers": [{"resources": {"requests": {"nvidia.com/gpu": "3"}}}]}}]
     h = budget_handlers(book, [pool_object("chat", 4), pool_object("batch", 1, {"tier": "batch"})], nodes, pods)
@@ -237,3 +241,16 @@ def test_a_new_pool_joins_its_budget_by_label_before_the_budget_lists_it():
     other.raw["metadata"]["namespace"] = "elsewhere"
     other.raw["metadata"]["labels"] = {"tier": "batch"}
     assert book.budget_of("elsewhere/batch-ns") is None
+
+
+def test_the_budget_condition_keeps_its_transition_time_while_it_holds():
+    book = budget.BudgetBook()
+    h = budget_handlers(book, [pool_object("chat", 1)])
+    spec = {"gpus": 4, "pools": [{"name": "chat"}]}
+    first = reconcile(h, "shared", spec)
+    old = {**first["conditions"][0], "lastTransitionTime": "2020-01-01T00:00:00Z"}
+    body = {"metadata": {"name": "shared", "namespace": "serving", "generation": 1}, "spec": spec,
+            "status": {"conditions": [old]}}
+    patch = kopf.Patch()
+    h.reconcile(body=kopf.Body(body), patch=patch)
+    assert patch["status"]["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"

@@ -253,8 +253,9 @@ class BudgetHandlers:
                 products[pool_key] = ((pool.get("spec") or {}).get("gpu") or {}).get("product")
         available, offered, held = spec.gpus, None, None
         if spec.product:
-            nodes = self._plain(self.core.list_node()).get("items", [])
-            pods = self._plain(self.core.list_pod_for_all_namespaces()).get("items", [])
+            nodes = self._plain(self.core.list_node(label_selector=f"{workload.GPU_PRODUCT_LABEL}={spec.product}")).get("items", [])
+            pods = self._plain(self.core.list_pod_for_all_namespaces(
+                field_selector="status.phase!=Succeeded,status.phase!=Failed")).get("items", [])
             offered, held = gpus_held_elsewhere(nodes, pods, spec.product, {tuple(k.split("/", 1)) for k in members})
             available = min(spec.gpus, max(offered - held, 0))
         state = BudgetState(key, spec, available, members, running)
@@ -292,11 +293,11 @@ class BudgetHandlers:
                 "heldBy": [h.split("/", 1)[1] for h in g.held_by] or None,
                 "reason": core_budget.explain(g, allocation, key),
             }) for g in grants] or None,
-            "conditions": [
+            "conditions": pool_status.merge_conditions((body.get("status") or {}).get("conditions"), [
                 pool_status.condition("Ready", not problems, problems[0][0] if problems else "Allocated",
                                       "; ".join(m for _, m in problems) if problems else
                                       f"{allocation.used} of {available} GPUs granted to {len(grants)} pools", now, generation),
-            ],
+            ]),
         }
         previous = _ready_message(body.get("status"))
         if problems and previous != status["conditions"][0]["message"]:
