@@ -77,3 +77,13 @@ def test_backtest_says_when_the_pool_has_no_history(history_prometheus, capsys):
     code = main(["backtest", "--prometheus", prom.url, "--pool", "serving/nothing", "--since", "30m", "--until", f"{end:.0f}"])
     assert code == 1
     assert 'no vLLM series for pool serving/nothing' in capsys.readouterr().err
+
+
+def test_backtest_reads_the_label_it_is_told(history_prometheus, capsys):
+    """A fleet not yet managed names its pools by another label: the history is there by `pool`, not by `app`."""
+    from inferencepool.cli import main
+
+    prom, end = history_prometheus
+    code = main(["backtest", "--prometheus", prom.url, "--pool", "serving/llama", "--since", "30m", "--until", f"{end:.0f}",
+                 "--pool-label", "app"])
+    assert code == 1 and '(labels namespace="serving", app="llama")' in capsys.readouterr().err

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", type=float, default=None, metavar="UNIX_SECONDS", help="end of the history (default now)")
     parser.add_argument("--step", type=_duration, default=60.0, metavar="DURATION", help="one decision per step (default 1m)")
     parser.add_argument("--rate-window", default="2m", help="PromQL window of every rate, as the operator's --rate-window")
+    parser.add_argument("--pool-label", default="pool", help="the series label naming the pool (a fleet not yet "
+                        "managed may use another, e.g. app or deployment; default %(default)s)")
+    parser.add_argument("--namespace-label", default="namespace", help="the series label naming the namespace")
     parser.add_argument("--spec", metavar="FILE", help="an InferencePool manifest (YAML) for the SLO and limits; "
                         "default: the flags below")
     parser.add_argument("--target-seconds", type=float, default=1.0, help="SLO queue-wait target without --spec")
@@ -89,14 +92,15 @@ def run(args: argparse.Namespace) -> int:
     namespace, name = args.pool
     try:
         client = observe._connect(args.prometheus)
-        steps = history.read(client, namespace, name, start, end, args.step, observe.QuerySettings(rate_window=args.rate_window))
+        steps = history.read(client, namespace, name, start, end, args.step, observe.QuerySettings(
+            rate_window=args.rate_window, pool_label=args.pool_label, namespace_label=args.namespace_label))
     except Exception as error:  # noqa: BLE001 - one line, not a traceback
         print(f"error: Prometheus at {args.prometheus} failed: {error}", file=sys.stderr)
         return 1
     seen = sum(s.obs is not None for s in steps)
     if not seen:
         print(f"error: no vLLM series for pool {namespace}/{name} in the last {args.since:g}s at {args.prometheus} "
-              f"(labels namespace=\"{namespace}\", pool=\"{name}\")", file=sys.stderr)
+              f"(labels {args.namespace_label}=\"{namespace}\", {args.pool_label}=\"{name}\")", file=sys.stderr)
         return 1
     scores = replay.replay(steps, spec, args.step)
     print(f"backtest {namespace}/{name}: {len(steps)} steps of {args.step:g}s, {seen} with metrics; "
