@@ -86,6 +86,8 @@ def test_a_lower_priority_pool_shrinks_before_the_higher_grows():
     assert status["desiredReplicas"] == 1  # granted 4, but batch still holds 4 GPUs: only 1 free
     assert "3 more once the other pools free their GPUs (4 held)" in status["budget"]["message"]
     assert batch.tick(operator)["desiredReplicas"] == 1  # batch shrinks to its floor (drained as usual)
+    assert chat.tick(operator)["desiredReplicas"] == 1  # not before batch's next tick has seen it at 1
+    assert batch.tick(operator)["desiredReplicas"] == 1
     assert chat.tick(operator)["desiredReplicas"] == 4
     assert book.applied == {"serving/chat": 4, "serving/batch": 1}
 

@@ -17,6 +17,7 @@ budget whose name sorts first keeps it), floors above the budget (kept; the budg
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -105,9 +106,11 @@ class BudgetBook:
     """What the pools' and the budgets' timers share (one operator process)."""
 
     def __init__(self):
+        self.lock = threading.RLock()  # kopf runs the pools' and budgets' sync handlers in a thread pool
         self.budgets: dict[str, BudgetState] = {}
         self.claims: dict[str, core_budget.Claim] = {}
         self.applied: dict[str, int] = {}  # pool key -> replicas last set by the operator
+        self.live: dict[str, int] = {}  # pool key -> the Deployment's replicas at the pool's last tick
 
     def owners(self, pool: str) -> list[str]:
         """Every budget that picks this pool, first by name (the one that keeps it)."""
@@ -136,8 +139,13 @@ class BudgetBook:
     def clamp(self, body, config: pool_spec.PoolConfig, obs: policy.Observations, decision: policy.Decision,
               patch) -> policy.Decision:
         """Cap the pool's decision at its share of its budget (no budget: the decision as it is)."""
+        with self.lock:
+            return self._clamp(body, config, obs, decision, patch)
+
+    def _clamp(self, body, config, obs, decision, patch) -> policy.Decision:
         namespace, name = body.metadata.namespace, body.metadata.name
         key = f"{namespace}/{name}"
+        self.live[key] = obs.current_replicas
         self._join(key, namespace, name, body.metadata.get("labels") or {}, obs.current_replicas)
         state = self.budget_of(key)
         previous = (body.get("status") or {}).get("budget")
@@ -189,11 +197,17 @@ class BudgetBook:
                     state.running.setdefault(key, running)
 
     def _running(self, state: BudgetState, pool: str) -> int:
-        return self.applied.get(pool, state.running.get(pool, 0))
+        """GPUs a pool holds, as far as another may grow: until its next tick has seen its Deployment at a
+        lower count, a pool that was just told to shrink still holds what it ran (its scale is applied after
+        the clamp, in its own thread), so the others grow only into what is really given back."""
+        if pool in self.applied:
+            return max(self.applied[pool], self.live.get(pool, 0))
+        return state.running.get(pool, 0)
 
     def forget_pool(self, key: str) -> None:
         self.claims.pop(key, None)
         self.applied.pop(key, None)
+        self.live.pop(key, None)
 
 
 def gpus_held_elsewhere(nodes: list[dict], pods: list[dict], product: str, members: set[tuple[str, str]]) -> tuple[int, int]:
@@ -237,7 +251,8 @@ class BudgetHandlers:
         try:
             spec = parse(body.get("spec") or {})
         except BudgetSpecError as error:
-            self.book.budgets.pop(key, None)
+            with self.book.lock:
+                self.book.budgets.pop(key, None)
             patch.status.update({"conditions": [pool_status.condition("Ready", False, "InvalidSpec", str(error), now, generation)]})
             return
         pools = self.custom.list_namespaced_custom_object(pool_spec.GROUP, pool_spec.VERSION, namespace, pool_spec.PLURAL)["items"]
@@ -259,25 +274,27 @@ class BudgetHandlers:
             offered, held = gpus_held_elsewhere(nodes, pods, spec.product, {tuple(k.split("/", 1)) for k in members})
             available = min(spec.gpus, max(offered - held, 0))
         state = BudgetState(key, spec, available, members, running)
-        self.book.budgets[key] = state
-        allocation = self.book.allocation(state)
+        with self.book.lock:
+            self.book.budgets[key] = state
+            allocation = self.book.allocation(state)
+            owners = {pool: self.book.owners(pool)[0] for pool in members}
+            claims = {c.name: c for c in self.book.claims_of(state)}
 
         problems = []
         for pool in sorted(members):
-            owner = self.book.owners(pool)[0]
+            owner = owners[pool]
             if owner != key:
                 problems.append(("PoolInTwoBudgets", f"pool {pool} is also in GPUBudget {owner}, which keeps it: remove it "
                                  f"from spec.pools of one of them"))
             if spec.product and products.get(pool) and products[pool] != spec.product:
                 problems.append(("ProductMismatch", f"pool {pool} asks for spec.gpu.product {products[pool]}, this budget "
                                  f"counts spec.gpuProduct {spec.product}: make them the same"))
-        floors = sum(c.kept * c.gpus_per_replica for c in self.book.claims_of(state))
+        floors = sum(c.kept * c.gpus_per_replica for c in claims.values())
         if allocation.overcommitted:
             problems.append(("FloorsExceedBudget", f"the pools' floors (and holds without metrics) need {floors} GPUs, "
                              f"{available} are available: raise spec.gpus to {floors} (or free GPUs of the product), "
                              f"or lower the pools' minReplicas"))
         grants = sorted(allocation.grants.values(), key=lambda g: (-g.priority, g.name))
-        claims = {c.name: c for c in self.book.claims_of(state)}
         status = {
             "observedGeneration": generation,
             "availableGPUs": available,
@@ -307,7 +324,8 @@ class BudgetHandlers:
                  granted=allocation.used, grants={g.name: g.replicas for g in grants}, problems=[p for p, _ in problems])
 
     def forget(self, body, **_) -> None:
-        self.book.budgets.pop(f"{body.metadata.namespace}/{body.metadata.name}", None)
+        with self.book.lock:
+            self.book.budgets.pop(f"{body.metadata.namespace}/{body.metadata.name}", None)
 
 
 def _compact(entry: dict) -> dict:
