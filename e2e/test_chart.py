@@ -126,8 +126,9 @@ def test_helm_install_on_the_bed_with_least_privilege(cluster, namespace):
         for kind, name in (("serviceaccount", FULLNAME), ("service", f"{FULLNAME}-metrics")):
             cluster.kubectl("-n", release_ns, "get", kind, name)
         for kind in ("clusterrole", "clusterrolebinding"):
-            cluster.kubectl("get", kind, FULLNAME, f"{FULLNAME}-discovery")
-        for crd in ("inferencepools.autoscaling.inferencepool.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
+            cluster.kubectl("get", kind, FULLNAME, f"{FULLNAME}-discovery", f"{FULLNAME}-gpu-inventory")
+        for crd in ("inferencepools.autoscaling.inferencepool.dev", "gpubudgets.autoscaling.inferencepool.dev",
+                    "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
             cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
 
         sa = f"{release_ns}:{FULLNAME}"
@@ -140,6 +141,8 @@ def test_helm_install_on_the_bed_with_least_privilege(cluster, namespace):
             ("list", "pods", []),
             ("patch", "pods", []),  # the deletion cost before a scale-down
             ("create", "events", []),
+            ("watch", "gpubudgets.autoscaling.inferencepool.dev", []),
+            ("patch", "gpubudgets.autoscaling.inferencepool.dev", ["--subresource=status"]),
         ]:
             assert can_i(cluster, verb, resource, other, sa, *extra), f"cannot {verb} {resource} {extra}"
         for verb, resource in [
@@ -150,6 +153,11 @@ def test_helm_install_on_the_bed_with_least_privilege(cluster, namespace):
         ]:
             assert not can_i(cluster, verb, resource, other, sa), f"can {verb} {resource}: more than it needs"
         assert not can_i(cluster, "get", "secrets", None, sa)
+        # a GPUBudget's count of what other workloads hold: lists of nodes and pods everywhere, nothing more
+        assert can_i(cluster, "list", "nodes", None, sa) and can_i(cluster, "list", "pods", None, sa)
+        for verb, resource in [("patch", "nodes"), ("get", "nodes"), ("watch", "pods"),
+                               ("delete", "gpubudgets.autoscaling.inferencepool.dev")]:
+            assert not can_i(cluster, verb, resource, None, sa), f"can {verb} {resource} cluster-wide"
     finally:
         cluster.helm("uninstall", RELEASE, "--namespace", release_ns, "--wait", check=False)
         cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)

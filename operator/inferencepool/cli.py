@@ -57,7 +57,14 @@ def _add_run(subparsers) -> None:
     add_parser(subparsers)
 
 
-SUBCOMMANDS: list[Callable] = [_add_plan, _add_simulate, _add_run]
+def _add_backtest(subparsers) -> None:
+    """`backtest`: defined by inferencepool/backtest/cli.py."""
+    from inferencepool.backtest.cli import add_parser
+
+    add_parser(subparsers)
+
+
+SUBCOMMANDS: list[Callable] = [_add_plan, _add_simulate, _add_run, _add_backtest]
 
 
 def build_parser() -> argparse.ArgumentParser:

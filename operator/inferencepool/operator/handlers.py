@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import kopf
 
 from inferencepool.operator import drain, logs, modes, observe, slo as pool_slo, spec as pool_spec, status as pool_status, workload
+from inferencepool.operator.budget import BudgetBook
 from inferencepool.core import policy
 from inferencepool.operator.metrics import OperatorMetrics
 
@@ -115,12 +116,13 @@ class Operator:
     """The handlers' bodies, with their dependencies passed in (so they can be driven without kopf)."""
 
     def __init__(self, config: OperatorConfig, reader: observe.PrometheusReader, kube: Kube, metrics: OperatorMetrics,
-                 running: drain.RunningReader | None = None):
+                 running: drain.RunningReader | None = None, budgets: BudgetBook | None = None):
         self.config = config
         self.reader = reader
         self.kube = kube
         self.metrics = metrics
         self.running = running or drain.RunningReader(config.prometheus_url, config.query)
+        self.budgets = budgets or BudgetBook()  # GPUBudgets shared with their timers (operator/budget.py)
 
     # ------------------------------------------------------------ helpers
 
@@ -233,6 +235,7 @@ class Operator:
         obs = replace(obs, slo_window_end=window_end, slo_window_good=window_good)
         history = policy.History.from_dict(pool_status.history_from_status(status))
         decision = policy.decide(config.policy, obs, history)
+        decision = self.budgets.clamp(body, config, obs, decision, patch)  # a shared GPUBudget caps it
         if advisory:
             decision = modes.advisory_decision(decision, history)
             would = modes.would_event(decision, status.get("advisory"))

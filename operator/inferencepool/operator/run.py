@@ -78,7 +78,7 @@ def build(args: argparse.Namespace):
     """The kopf registry, settings and operator for these arguments (no network yet)."""
     import kopf
 
-    from inferencepool.operator import handlers, observe
+    from inferencepool.operator import budget, handlers, observe
     from inferencepool.operator.metrics import OperatorMetrics
 
     query = observe.QuerySettings(
@@ -96,10 +96,12 @@ def build(args: argparse.Namespace):
         ttl=config.interval / 2,
         on_error=lambda signal, _error: metrics.prometheus_errors.labels(signal).inc(),
     )
-    operator = handlers.Operator(config, reader, handlers.Kube(), metrics)
+    budgets = budget.BudgetBook()
+    operator = handlers.Operator(config, reader, handlers.Kube(), metrics, budgets=budgets)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
     handlers.register(registry, operator, config.interval)
+    budget.register(registry, budget.BudgetHandlers(budgets), config.interval)
 
     settings = kopf.OperatorSettings()
     prefix = "autoscaling.inferencepool.dev"

@@ -134,12 +134,12 @@ def conditions(
     else:
         saturated = make("Saturated", False, "WithinCapacity", "the capped fleet can carry the demand")
 
-    cap_bound = decision.constraint in ("max_replicas", "gpu_budget")
+    cap_bound = decision.constraint in ("max_replicas", "gpu_budget", "shared_budget")
     if obs.unschedulable_replicas > 0:
         message = f"{obs.unschedulable_replicas} pod(s) Pending, not schedulable: {stuck_message or 'no node fits'}"
         limited = make("ScalingLimited", True, "InsufficientGPUs", message + "; no further scale-up until they schedule")
     elif cap_bound:
-        reason = "GPUBudget" if decision.constraint == "gpu_budget" else "MaxReplicas"
+        reason = {"gpu_budget": "GPUBudget", "shared_budget": "BudgetLimited"}.get(decision.constraint, "MaxReplicas")
         limited = make("ScalingLimited", True, reason, decision.reason)
     else:
         limited = make("ScalingLimited", False, "NotLimited", "the desired replicas are within the limits")

@@ -1,0 +1,1 @@
+"""`inferencepool backtest`: replay a pool's real Prometheus history through decide() and the baselines."""
