@@ -51,7 +51,7 @@ def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
         'max by (namespace, pool) (timestamp(vllm:num_requests_running{pool!=""})'
         ' or timestamp(vllm_num_requests_running{pool!=""}))'
     )
-    assert "[2m:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
+    assert "[120s:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
     assert all("{pool" in q for name, q in qs.items() if name != "unlabelled_series")
 
 
@@ -197,6 +197,22 @@ def test_pool_metrics_from_canned_results():
     assert m.arrival_cv == pytest.approx(1.0)
     assert (m.prefill_time, m.waiting, m.running, m.newest_sample_time) == (0.2, 4.0, 6.0, 995.0)
     assert m.queue_buckets == ((0.3, 10.0), (math.inf, 10.0))
+
+
+def test_arrival_dispersion_is_read_at_three_windows_and_reaches_decide():
+    # 3 req/s; Var(rate) per window chosen for I = 1 at 15 s and 4 at 60 s; 300 s unknown (NaN)
+    results = canned(burst_rate_var_1=[sample(4 * 3.0 / 60)], burst_rate_mean_1=[sample(3.0)],
+                     burst_rate_var_2=[sample("NaN")], burst_rate_mean_2=[sample(3.0)])
+    assert S.dispersion_windows == (15.0, 60.0, 300.0)
+    m = observe.pool_metrics(results, S)[("serving", "llama")]
+    assert m.arrival_dispersion == ((15.0, pytest.approx(1.0)), (60.0, pytest.approx(4.0)), (300.0, None))
+    obs = observe.observations(m, now=1000.0, current_replicas=2, ready_replicas=2)
+    assert obs.arrival_dispersion == m.arrival_dispersion
+    spec = policy.PoolSpec(slo_target_seconds=58.0, slots_per_replica=4)  # time scale 2 + 58 = 60 s: I = 4
+    decision = policy.decide(spec, obs)
+    assert decision.dispersion_timescale == pytest.approx(60.0, rel=0.05)
+    assert decision.arrival_cv == pytest.approx(2.0, rel=0.05)
+    assert "arrival CV 2.0" in decision.reason
 
 
 def test_arrivals_never_negative_when_the_queue_drains():
@@ -428,7 +444,8 @@ def test_the_reader_widens_its_windows_to_the_measured_scrape_interval():
     pools = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: 0.0).read()
     assert (pools.scrape_interval, pools.rate_window, pools.burst_window) == (15.0, "2m", "60s")
     assert "--burst-window 15s -> 60s" in pools.window_note
-    assert any("[2m:60s]" in q for q in client.calls) and not any("[15s]" in q for q in client.calls)
+    assert any("[480s:60s]" in q for q in client.calls) and not any("[15s]" in q for q in client.calls)
+    assert any("[9600s:1200s]" in q for q in client.calls)  # the longest dispersion window, 20 x 60 s, 8 of them
 
 
 # ---------------------------------------------------------------- frozen gauges

@@ -8,7 +8,8 @@ real reading trips them:
 
 - arrival_rate <= 1e6 requests/s (10,000 replicas x 100 requests/s each);
 - service_time, prefill_time, cold_start_seconds <= 86,400 s (a day);
-- arrival_cv, service_cv <= 100 (an index of dispersion of 10,000; observe.py caps the service CV at 10);
+- arrival_cv, service_cv <= 100 (an index of dispersion of 10,000; observe.py caps the service CV at 10), and
+  each arrival_dispersion entry a window in (0, a day] with an index in [0, 10,000] or unknown;
 - waiting, running, service_samples, preemptions <= 1e12 requests; service_concurrency <= 1e6 per replica;
 - kv_cache_usage in [0, 1.001] (a fraction; the slack is rounding of an average);
 - metrics_age_seconds >= 0 (unknown freshness, None or NaN, is treated as invalid too).
@@ -71,6 +72,10 @@ def invalid_reason(obs) -> str | None:
             continue
         if not _finite(value) or value < 0 or value > high:
             return f"{name} {value!r} is invalid (must be a finite number in [0, {high:g}])"
+    for window, index in obs.arrival_dispersion:
+        if not (_finite(window) and 0 < window <= MAX_SECONDS) or not (_missing(index) or _finite(index) and 0 <= index <= MAX_CV**2):
+            return (f"arrival_dispersion ({window!r}, {index!r}) is invalid (a window in (0, {MAX_SECONDS:g}] s and an "
+                    f"index of dispersion in [0, {MAX_CV**2:g}] or unknown)")
     return None
 
 
@@ -84,6 +89,8 @@ def clean(obs, history):
     for name in ("ready_replicas", "unschedulable_replicas"):
         if not isinstance(getattr(obs, name), int) or getattr(obs, name) < 0:
             changes[name] = 0
+    if any(_missing(index) and index is not None for _, index in obs.arrival_dispersion):
+        changes["arrival_dispersion"] = tuple((w, None if _missing(i) else i) for w, i in obs.arrival_dispersion)
     if changes:
         obs = replace(obs, **changes)
     return obs, clean_history(history, obs.time), invalid_reason(obs)

@@ -21,6 +21,10 @@ Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
   of variation from the histogram buckets. Falls back to e2e latency - queue time on older vLLM.
 - arrival CV from the dispersion of short-window request counts (index of dispersion ~ ca^2), floored at
   1 (Poisson): completions are smoother than arrivals, so smoother-than-Poisson readings are not trusted.
+  Read at three windows (`QuerySettings.dispersion_windows`: 15 s, 60 s, 300 s by default, each over
+  max(rate window, 8 windows)) so that bursts slower than 15 s count; decide() picks the one for the
+  pool's time scale (policy.dispersion_timescale). Counts over long ranges include trends too, which can only
+  raise the estimate (the safe side).
 - freshness = the newest sample's timestamp; no sample or a stale one leaves every rate unknown (None).
 - load-dependent capacity (core/capacity.py): mean vllm:kv_cache_usage_perc over the pool's series, the
   increase of vllm:num_preemptions_total over the window, and one (mean running per series over the
@@ -43,7 +47,8 @@ from datetime import datetime
 
 from inferencepool.core.capacity import TokenTimeCurve
 from inferencepool.core.policy import Observations
-from inferencepool.core.signals import arrival_cv, histogram_cv, histogram_quantile
+from inferencepool.core.signals import (DISPERSION_SAMPLES, DISPERSION_SCALES, arrival_cv, dispersion, histogram_cv,
+                                        histogram_quantile)
 
 PoolKey = tuple[str, str]  # (namespace, pool); namespace "" when the series carry no namespace label
 
@@ -62,6 +67,18 @@ class QuerySettings:
     @property
     def burst_seconds(self) -> float:
         return parse_duration(self.burst_window)
+
+    @property
+    def dispersion_windows(self) -> tuple[float, ...]:
+        """Seconds of the windows whose count dispersion is read: the burst window x DISPERSION_SCALES
+        (15 s, 60 s, 300 s at the default; raised with it when the scrape is slow)."""
+        return tuple(self.burst_seconds * k for k in DISPERSION_SCALES)
+
+
+def dispersion_names(k: int) -> tuple[str, str]:
+    """The query names of the k-th dispersion window (k = 0 is the burst window, as before)."""
+    suffix = f"_{k}" if k else ""
+    return f"burst_rate_var{suffix}", f"burst_rate_mean{suffix}"
 
 
 CURVE_POINTS = 240  # (running, token time) pairs kept per pool: 2 hours at one per 30 s
@@ -165,7 +182,6 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     def average(expression: Callable[[str], str]) -> str:
         return f"avg by ({by}) {either(expression)}"
 
-    burst_rate = f"{over('rate', 'request_success_total', s.burst_window)}[{w}:{s.burst_window}]"
     unlabelled = "{" + ", ".join(m for m in ('__name__=~"vllm[:_]num_requests_running"', f'{s.pool_label}=""', extra) if m) + "}"
     return {
         "completion_rate": rate("request_success_total"),
@@ -184,8 +200,7 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "prefill_mean": mean("request_prefill_time_seconds"),
         "queue_buckets": rate("request_queue_time_seconds_bucket", ", le"),
         "ttft_buckets": rate("time_to_first_token_seconds_bucket", ", le"),
-        "burst_rate_var": f"stdvar_over_time({burst_rate})",
-        "burst_rate_mean": f"avg_over_time({burst_rate})",
+        **dispersion_queries(s, over),
         # frozen gauges: waiting/running unchanged while nothing finishes and no token is generated
         "gauge_changes": f"{over('changes', 'num_requests_running')} + {over('changes', 'num_requests_waiting')}",
         "token_growth": over("increase", "generation_tokens_total"),
@@ -199,6 +214,18 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "targets_up": f"max by ({by}) (up{sel})",
         "unlabelled_series": f"count({unlabelled})",
     }
+
+
+def dispersion_queries(settings: QuerySettings, over: Callable[..., str]) -> dict[str, str]:
+    """Variance and mean of completion rates per window, at each dispersion window: one subquery each,
+    stepping a whole window, over max(rate window, DISPERSION_SAMPLES windows)."""
+    named = {}
+    for k, window in enumerate(settings.dispersion_windows):
+        span = max(parse_duration(settings.rate_window), DISPERSION_SAMPLES * window)
+        series = f"{over('rate', 'request_success_total', f'{window:g}s')}[{span:g}s:{window:g}s]"
+        var, mean = dispersion_names(k)
+        named[var], named[mean] = f"stdvar_over_time({series})", f"avg_over_time({series})"
+    return named
 
 
 # ---------------------------------------------------------------- pure parsing
@@ -300,6 +327,7 @@ class PoolMetrics:
     running_mean: float | None = None  # running requests per series, averaged over the rate window
     token_time: float | None = None  # mean seconds per output token over the rate window
     token_time_points: tuple[tuple[float, float], ...] = ()  # (running_mean, token_time) so far (the reader's)
+    arrival_dispersion: tuple[tuple[float, float | None], ...] = ()  # (window s, index of dispersion or None)
 
 
 class Pools(dict):
@@ -356,6 +384,8 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             completion_rate=completions,
             rejection_rate=get("rejection_rate", key),
             arrival_cv=arrival_cv(get("burst_rate_var", key), get("burst_rate_mean", key), settings.burst_seconds),
+            arrival_dispersion=tuple((window, dispersion(get(dispersion_names(k)[0], key), get(dispersion_names(k)[1], key),
+                                                         window)) for k, window in enumerate(settings.dispersion_windows)),
             service_time=service,
             service_samples=get("service_samples", key) if get("service_mean", key) is not None else None,
             service_cv=1.0 if service_cv is None else min(service_cv, 10.0),
@@ -506,6 +536,7 @@ def observations(
         service_time=m.service_time,
         service_samples=m.service_samples,
         arrival_cv=m.arrival_cv,
+        arrival_dispersion=m.arrival_dispersion,
         service_cv=m.service_cv,
         prefill_time=m.prefill_time,
         waiting=m.waiting,

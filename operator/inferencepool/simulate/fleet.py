@@ -59,8 +59,9 @@ class FleetConfig:
     cold_start_distribution: str = "lognormal"  # lognormal | uniform | fixed
     cold_start_spread: float = 0.25  # lognormal sigma, or uniform half-width as a fraction of the mean
     reconcile_seconds: float = 15.0
-    # As the operator reads Prometheus (observe.py): every rate over [2m]; the arrival CV from the dispersion
-    # of completions per 15 s within it; cold start = the longest of the 5 newest Ready pods.
+    # As the operator reads Prometheus (observe.py): every rate over [2m]; the arrival dispersion of completions
+    # per 15 s within it, and per 60 s and 300 s over 8 such windows; cold start = the longest of the 5 newest
+    # Ready pods.
     rate_window_seconds: float = 120.0
     service_window_seconds: float = 120.0
     burst_window_seconds: float = 15.0
@@ -401,6 +402,7 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
     seen = now - delay
     rate = service = prefill = samples = None
     service_cv = arrival_cv = 1.0
+    dispersions = []
     if seen > 0:
         span = min(windows[0], seen)
         rate = (bisect_right(arr, seen) - bisect_right(arr, seen - span)) / span
@@ -412,12 +414,18 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
             prefill = (sum_p[hi] - sum_p[lo]) / k
             variance = max((sum_s2[hi] - sum_s2[lo]) / k - service * service, 0.0)
             service_cv = math.sqrt(variance) / service if service > 0 else 1.0
-        burst = windows[2]
-        edges = [bisect_right(done_t, seen - j * burst) for j in range(int(span // burst) + 1)]
-        if len(edges) > 2:
-            rates = [(a - b) / burst for a, b in zip(edges, edges[1:])]
-            mean = sum(rates) / len(rates)
-            arrival_cv = signals.arrival_cv(sum((r - mean) ** 2 for r in rates) / len(rates), mean, burst)
+        dispersions = []
+        for k in signals.DISPERSION_SCALES:  # as observe.dispersion_queries: windows of k bursts, 8 of them
+            burst = windows[2] * k
+            reach = min(max(windows[0], signals.DISPERSION_SAMPLES * burst), seen)
+            edges = [bisect_right(done_t, seen - j * burst) for j in range(int(reach // burst) + 1)]
+            index = None
+            if len(edges) > 2:
+                rates = [(a - b) / burst for a, b in zip(edges, edges[1:])]
+                mean = sum(rates) / len(rates)
+                index = signals.dispersion(sum((r - mean) ** 2 for r in rates) / len(rates), mean, burst)
+            dispersions.append((burst, index))
+        arrival_cv = math.sqrt(dispersions[0][1]) if dispersions[0][1] is not None else 1.0
     g = bisect_right(gauge_t, seen) - 1
     return Observations(
         time=now,
@@ -427,6 +435,7 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
         service_time=service,
         service_samples=samples,
         arrival_cv=arrival_cv,
+        arrival_dispersion=tuple(dispersions),
         service_cv=service_cv,
         prefill_time=prefill,
         waiting=float(gauge_wait[g]) if g >= 0 else None,
