@@ -618,3 +618,19 @@ def test_the_reader_keeps_a_bounded_spaced_history_of_pairs_and_decide_sizes_wit
     small.forget("serving", "llama")  # a deleted pool's history goes; a new one starts afresh
     now[0] += 31
     assert observe.find(small.read(), "serving", "llama").token_time_points == ((5.0, 0.01),)
+
+
+def test_the_wait_tail_is_the_histograms_share_over_the_target():
+    waits = np.concatenate([np.zeros(900), np.linspace(0.5, 12.0, 100)])  # 100 of 1000 waited 0.5-12 s
+    hist = tuple(buckets(waits))
+    exact_over_5 = float((waits > 5.0).mean())  # 5 s is a bucket bound: exact
+    assert signals.share_above(list(hist), 5.0) == pytest.approx(exact_over_5)
+    # 3 s is inside (2.5, 5]: linear between the bounds' counts, as histogram_quantile reads it
+    at_25, at_5 = (waits <= 2.5).sum(), (waits <= 5.0).sum()
+    assert signals.share_above(list(hist), 3.0) == pytest.approx(1 - (at_25 + (at_5 - at_25) * 0.5 / 2.5) / 1000)
+    assert signals.share_above(list(hist), 9000.0) == pytest.approx(0.0)  # above the last finite bound: none
+    assert signals.share_above([(0.3, 0.0), (math.inf, 0.0)], 1.0) is None
+    m = PoolMetrics(newest_sample_time=1.0, queue_buckets=tuple((le, c / 120.0) for le, c in hist))  # rates over 2 m
+    share, requests = observe.wait_tail(m, "wait", 5.0, 120.0)
+    assert share == pytest.approx(exact_over_5) and requests == pytest.approx(1000.0)
+    assert observe.wait_tail(m, "ttft", 5.0, 120.0) == (None, None)  # no TTFT histogram here

@@ -11,7 +11,8 @@ real reading trips them:
 - arrival_cv, service_cv <= 100 (an index of dispersion of 10,000; observe.py caps the service CV at 10), and
   each arrival_dispersion entry a window in (0, a day] with an index in [0, 10,000] or unknown;
 - waiting, running, service_samples, preemptions <= 1e12 requests; service_concurrency <= 1e6 per replica;
-- kv_cache_usage in [0, 1.001] (a fraction; the slack is rounding of an average);
+- kv_cache_usage in [0, 1.001] (a fraction; the slack is rounding of an average); wait_exceed_share in [0, 1],
+  wait_exceed_requests <= 1e12, wait_window_seconds <= a day;
 - metrics_age_seconds >= 0 (unknown freshness, None or NaN, is treated as invalid too).
 
 History comes from the pool's status, which anyone allowed to patch it can edit: entries that are not
@@ -48,6 +49,9 @@ BOUNDS = {
     "service_concurrency": (MAX_CONCURRENCY, None),
     "kv_cache_usage": (MAX_KV_USAGE, None),
     "preemptions": (MAX_COUNT, None),
+    "wait_exceed_share": (1.0, None),
+    "wait_exceed_requests": (MAX_COUNT, None),
+    "wait_window_seconds": (MAX_SECONDS, None),
 }
 
 
@@ -107,6 +111,10 @@ def clean_history(history, now: float):
     kept = tuple((t, r) for t, r in history.recommendations if _finite(t) and isinstance(r, int) and r >= 0)
     if kept != tuple(history.recommendations):
         changes["recommendations"] = kept
+    tails = (history.tail_observed, history.tail_predicted)
+    if not all(_finite(x) and 0 <= x <= MAX_COUNT for x in tails) or not (
+            history.tail_time is None or _finite(history.tail_time)):
+        changes.update(tail_observed=0.0, tail_predicted=0.0, tail_time=None)  # the fitted correction restarts at 1
     state = history.forecaster
     if state is not None and not _forecaster_ok(state, now):
         changes["forecaster"] = None

@@ -68,6 +68,23 @@ def dispersion(rate_var: float | None, rate_mean: float | None, window_seconds: 
     return min(max(rate_var * window_seconds / rate_mean, 1.0), 16.0)
 
 
+def share_above(buckets: list[tuple[float, float]], target: float) -> float | None:
+    """The share of a Prometheus histogram's observations above `target`, linear within the bucket that
+    holds it (the first bucket's lower bound is 0), as histogram_quantile interpolates; above the last
+    finite bound every +Inf observation counts as above. None without observations."""
+    if not buckets or buckets[-1][0] != math.inf or buckets[-1][1] <= 0:
+        return None
+    total, lower, below = buckets[-1][1], 0.0, 0.0
+    for bound, cumulative in buckets:
+        if bound == math.inf:
+            return max(total - below, 0.0) / total
+        if target <= bound:
+            within = below + (cumulative - below) * (target - lower) / (bound - lower) if bound > lower else cumulative
+            return min(max(total - within, 0.0) / total, 1.0)
+        lower, below = bound, cumulative
+    return None
+
+
 def arrival_cv(rate_var: float | None, rate_mean: float | None, window_seconds: float) -> float:
     """sqrt of the index of dispersion of counts in `window_seconds`, clamped to [1, 4]; 1 without enough
     requests. For a renewal process Var(N)/E(N) -> ca^2 over long windows."""

@@ -48,7 +48,7 @@ from datetime import datetime
 from inferencepool.core.capacity import TokenTimeCurve
 from inferencepool.core.policy import Observations
 from inferencepool.core.signals import (DISPERSION_SAMPLES, DISPERSION_SCALES, arrival_cv, dispersion, histogram_cv,
-                                        histogram_quantile)
+                                        histogram_quantile, share_above)
 
 PoolKey = tuple[str, str]  # (namespace, pool); namespace "" when the series carry no namespace label
 
@@ -406,6 +406,18 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
         if key in invalid:  # one impossible signal makes the whole reading suspect: no rate, so the pool holds
             pools[key] = replace(pools[key], arrival_rate=None, invalid_signals=invalid[key])
     return pools
+
+
+def wait_tail(metrics: PoolMetrics | None, slo_metric: str, target: float, window_seconds: float | None
+              ) -> tuple[float | None, float | None]:
+    """(share of the rate window's requests over the SLO target, how many requests), from vLLM's queue-time
+    histogram (vllm:request_queue_time_seconds, WAITING phase) or for a TTFT SLO time_to_first_token; what
+    decide() checks its model against (policy.fit_correction). (None, None) without requests."""
+    if metrics is None or not window_seconds:
+        return None, None
+    buckets = list(metrics.queue_buckets if slo_metric == "wait" else metrics.ttft_buckets)
+    share = share_above(buckets, target)
+    return (None, None) if share is None else (share, buckets[-1][1] * window_seconds)
 
 
 def resolves(buckets: list[tuple[float, float]], mean: float | None) -> bool:

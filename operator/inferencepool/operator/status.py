@@ -195,6 +195,9 @@ def decision_status(
         "arrivalDispersion": [{"windowSeconds": rounded(w), "index": rounded(i, 3)} for w, i in obs.arrival_dispersion
                               if i is not None] or None if decision.metrics_available else None,
         "dispersionTimescaleSeconds": rounded(decision.dispersion_timescale, 3),
+        # the model's tail x this, fitted to vLLM's histogram (policy.fit_correction); its sums are in history
+        "waitCorrection": rounded(decision.wait_correction, 3) if decision.metrics_available else None,
+        "observedWaitExceedsTarget": rounded(obs.wait_exceed_share, 3),
         "serviceTimeSeconds": rounded(obs.service_time),
         "serviceCV": rounded(obs.service_cv, 3) if decision.metrics_available else None,
         "prefillSeconds": rounded(obs.prefill_time),

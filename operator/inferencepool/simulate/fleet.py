@@ -77,6 +77,10 @@ class FleetConfig:
     # (the fleet admits no more than fit, so it never preempts).
     kv_max_sequences: int | None = None
     curve_points: int = 240  # (running per replica, token time) pairs kept for the observed curve, newest
+    # The wait tail decide() fits its correction to (Observations.wait_exceed_*): the share of the requests that
+    # started within the rate window whose queue wait exceeded this many seconds; None: not reported (the
+    # default, so the frontier benchmarks are as measured before it).
+    wait_tail_target_seconds: float | None = None
 
 
 class ColdStarts:
@@ -230,6 +234,9 @@ def simulate(
     started_good: list[int] = [0]  # running count
     target = config.slo_target_seconds
     window = config.slo_window_seconds
+    tail_target = config.wait_tail_target_seconds
+    tail_t: list[float] = []  # when each request left the queue, and how many so far waited over tail_target
+    tail_over: list[int] = [0]
 
     def start(j: int, now: float) -> None:
         waits[j] = now - arr[j]
@@ -244,6 +251,9 @@ def simulate(
         if target is not None:
             started_t.append(now)
             started_good.append(started_good[-1] + (waits[j] <= target))
+        if tail_target is not None:
+            tail_t.append(now)
+            tail_over.append(tail_over[-1] + (waits[j] > tail_target))
 
     inf = math.inf
     while True:
@@ -315,6 +325,12 @@ def simulate(
                     hi, lo = bisect_left(started_t, w_end), bisect_left(started_t, w_end - window)
                     good = (started_good[hi] - started_good[lo]) / (hi - lo) if hi > lo else None
                     obs = replace(obs, slo_window_end=w_end, slo_window_good=good)
+                if tail_target is not None:
+                    span = config.rate_window_seconds
+                    hi, lo = bisect_right(tail_t, now - delay), bisect_right(tail_t, now - delay - span)
+                    if hi > lo:
+                        obs = replace(obs, wait_exceed_share=(tail_over[hi] - tail_over[lo]) / (hi - lo),
+                                      wait_exceed_requests=float(hi - lo), wait_window_seconds=span)
                 if curve is not None or config.kv_max_sequences:
                     obs = _observe_capacity(obs, now - delay, config, curve, done_t, sum_db, sum_da, gauge_t,
                                             gauge_npr, gauge_kv, points)
