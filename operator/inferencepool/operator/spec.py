@@ -271,6 +271,10 @@ def parse(spec: Mapping) -> PoolConfig:
             f"must be at least minReplicas x gpu.perReplica = {min_replicas * gpus} so the warm floor fits, got {max_gpus}",
         )
     objective, slo_window, slo_period = _slo_windows(spec)
+    token_time = _lookup(spec, "slo.maxTokenTimeSeconds", None)
+    if token_time is not None:
+        token_time = _number(spec, "slo.maxTokenTimeSeconds", lambda t: 0 < t <= 60,
+                             "a number of seconds per output token in (0, 60] such as 0.05, or unset")
     price = _number(spec, "cost.gpuHourPrice", lambda p: p >= 0, 'a price >= 0 such as "2.50"')
     policy = PoolSpec(
         slo_metric=SLO_METRICS[metric],
@@ -290,6 +294,7 @@ def parse(spec: Mapping) -> PoolConfig:
         max_metrics_age_seconds=float(_integer(spec, "metrics.maxAgeSeconds", 1, 86400)),
         gpu_hour_price=price,
         slo_objective=objective,
+        max_token_time_seconds=token_time,
     )
     name = _text(spec, "model.name")
     memory, memory_limit = _quantity(spec, "engine.resources.memory"), _quantity(spec, "engine.resources.memoryLimit")
