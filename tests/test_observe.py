@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -634,3 +635,19 @@ def test_the_wait_tail_is_the_histograms_share_over_the_target():
     share, requests = observe.wait_tail(m, "wait", 5.0, 120.0)
     assert share == pytest.approx(exact_over_5) and requests == pytest.approx(1000.0)
     assert observe.wait_tail(m, "ttft", 5.0, 120.0) == (None, None)  # no TTFT histogram here
+
+
+def test_kv_capacity_from_cache_config_info_caps_the_slots():
+    # vLLM exports CacheConfig's attributes as label strings; two engines of the pool, the smaller binds
+    config = [sample(1, engine="0", num_gpu_blocks="512", block_size="16"),
+              sample(1, engine="1", num_gpu_blocks="400", block_size="16"),
+              sample(1, pool="other", num_gpu_blocks="None", block_size="16")]
+    assert observe.kv_capacity(config, S) == {("serving", "llama"): 6400.0}
+    results = canned(kv_config=config, tokens_per_request=[sample(1600.0)])  # 6400 tokens / 1600 = 4 requests
+    m = observe.pool_metrics(results, S)[("serving", "llama")]
+    assert (m.kv_tokens, m.tokens_per_request) == (6400.0, 1600.0)
+    obs = observe.observations(replace(m, token_time_points=((2.0, 0.02),)), now=1000.0, current_replicas=2, ready_replicas=2)
+    assert obs.kv_sequences == 4.0
+    decision = policy.decide(policy.PoolSpec(slots_per_replica=16, slo_target_seconds=2.0), obs)
+    assert decision.capacity.slots == 4 and decision.capacity.limited_by == "kv_cache"
+    assert "4 effective slots per replica (kv_cache)" in decision.reason

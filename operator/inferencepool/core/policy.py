@@ -88,6 +88,7 @@ class Observations:
     service_concurrency: float | None = None  # running per replica while service_time was measured; None: running now
     kv_cache_usage: float | None = None  # mean vllm:kv_cache_usage_perc over replicas (0-1)
     preemptions: float | None = None  # vllm:num_preemptions_total increase over the window
+    kv_sequences: float | None = None  # requests of the mean size a replica's KV cache holds (cache_config_info)
     # The last complete SLO window (spec.slo.window, one minute by default): when it ended (unix s in the
     # operator), and the share of its requests within the SLO target. The operator reads it from vLLM's
     # queue-time (or TTFT) histogram, increase(bucket{le=target}[w]) / increase(count[w]) (operator/slo.py,
@@ -273,7 +274,8 @@ def load_dependent_capacity(spec: PoolSpec, obs: Observations, service_time: flo
         return None
     running = obs.running / obs.ready_replicas if _usable(obs.running) and obs.ready_replicas > 0 else None
     measured = obs.service_concurrency if _usable(obs.service_concurrency) else running
-    kv = KvState(usage=obs.kv_cache_usage, preemptions=obs.preemptions, running_per_replica=running)
+    kv = KvState(usage=obs.kv_cache_usage, preemptions=obs.preemptions, running_per_replica=running,
+                 sequences=obs.kv_sequences if _usable(obs.kv_sequences) and obs.kv_sequences > 0 else None)
     capacity = effective_capacity(
         spec.slots_per_replica, service_time, measured if measured is not None else spec.slots_per_replica,
         obs.token_time_curve, kv, spec.max_token_time_seconds,

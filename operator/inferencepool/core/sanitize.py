@@ -49,6 +49,7 @@ BOUNDS = {
     "service_concurrency": (MAX_CONCURRENCY, None),
     "kv_cache_usage": (MAX_KV_USAGE, None),
     "preemptions": (MAX_COUNT, None),
+    "kv_sequences": (MAX_CONCURRENCY, None),
     "wait_exceed_share": (1.0, None),
     "wait_exceed_requests": (MAX_COUNT, None),
     "wait_window_seconds": (MAX_SECONDS, None),

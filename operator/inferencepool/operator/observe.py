@@ -209,6 +209,11 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "preemptions": over("increase", "num_preemptions_total"),
         "running_mean": average(lambda p: f"avg_over_time({p}num_requests_running{sel}[{w}])"),
         "token_time_mean": mean("inter_token_latency_seconds"),
+        # KV capacity: cache_config_info carries CacheConfig as labels (num_gpu_blocks, block_size: strings);
+        # over the mean tokens per request it says how many sequences a replica's cache holds
+        "kv_config": f"max by ({by}, num_gpu_blocks, block_size) {either(lambda p: f'{p}cache_config_info{sel}')}",
+        "tokens_per_request": f"({rate('request_prompt_tokens_sum')} + {rate('request_generation_tokens_sum')})"
+                              f" / {rate('request_prompt_tokens_count')}",
         "tpot_mean": mean("time_per_output_token_seconds"),
         # what to say when a pool has no vLLM series: are its targets scraped at all?
         "targets_up": f"max by ({by}) (up{sel})",
@@ -328,6 +333,8 @@ class PoolMetrics:
     token_time: float | None = None  # mean seconds per output token over the rate window
     token_time_points: tuple[tuple[float, float], ...] = ()  # (running_mean, token_time) so far (the reader's)
     arrival_dispersion: tuple[tuple[float, float | None], ...] = ()  # (window s, index of dispersion or None)
+    kv_tokens: float | None = None  # the smallest engine's KV cache in tokens (cache_config_info blocks x block size)
+    tokens_per_request: float | None = None  # mean prompt + generated tokens per request over the rate window
 
 
 class Pools(dict):
@@ -356,6 +363,7 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
     def get(name: str, key: PoolKey) -> float | None:
         return vec.get(name, {}).get(key)
 
+    kv_tokens = kv_capacity(results.get("kv_config", []), settings)
     pools = Pools()
     pools.unlabelled_series = int(sum(vec.get("unlabelled_series", {}).values()))
     for key, up in vec.get("targets_up", {}).items():
@@ -402,6 +410,8 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             preemptions=get("preemptions", key),
             running_mean=None if frozen else get("running_mean", key),
             token_time=get("token_time_mean", key) if get("token_time_mean", key) is not None else get("tpot_mean", key),
+            kv_tokens=kv_tokens.get(key),
+            tokens_per_request=get("tokens_per_request", key),
         )
         if key in invalid:  # one impossible signal makes the whole reading suspect: no rate, so the pool holds
             pools[key] = replace(pools[key], arrival_rate=None, invalid_signals=invalid[key])
@@ -418,6 +428,24 @@ def wait_tail(metrics: PoolMetrics | None, slo_metric: str, target: float, windo
     buckets = list(metrics.queue_buckets if slo_metric == "wait" else metrics.ttft_buckets)
     share = share_above(buckets, target)
     return (None, None) if share is None else (share, buckets[-1][1] * window_seconds)
+
+
+def kv_capacity(result: Iterable[Mapping], settings: QuerySettings) -> dict[PoolKey, float]:
+    """{pool: KV tokens of its smallest engine} from vllm:cache_config_info series, whose labels are the
+    engine's CacheConfig attributes as strings (CacheConfig.metrics_info in vllm/config/cache.py, set once
+    the cache is sized, PrometheusStatLogger.log_metrics_info in vllm/v1/metrics/loggers.py, vLLM 0.10.2
+    and 0.33): tokens = num_gpu_blocks x block_size. Series with "None" or garbage there are skipped."""
+    found: dict[PoolKey, float] = {}
+    for sample in result:
+        labels = sample["metric"]
+        try:
+            tokens = int(labels.get("num_gpu_blocks", "")) * int(labels.get("block_size", ""))
+        except ValueError:
+            continue
+        if 0 < tokens <= MAX_VALUE:
+            key = _key(labels, settings)
+            found[key] = min(found.get(key, math.inf), float(tokens))
+    return found
 
 
 def resolves(buckets: list[tuple[float, float]], mean: float | None) -> bool:
@@ -556,6 +584,7 @@ def observations(
         metrics_age_seconds=max(now - m.newest_sample_time, 0.0),
         kv_cache_usage=m.kv_cache_usage,
         preemptions=m.preemptions,
+        kv_sequences=m.kv_tokens / m.tokens_per_request if m.kv_tokens and m.tokens_per_request else None,
     )
     if m.token_time_points:  # any usable pair (the reader keeps only those): the service is load-dependent
         obs = replace(obs, token_time_curve=TokenTimeCurve.fit(m.token_time_points),
