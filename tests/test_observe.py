@@ -446,7 +446,7 @@ def test_the_reader_widens_its_windows_to_the_measured_scrape_interval():
     assert (pools.scrape_interval, pools.rate_window, pools.burst_window) == (15.0, "2m", "60s")
     assert "--burst-window 15s -> 60s" in pools.window_note
     assert any("[480s:60s]" in q for q in client.calls) and not any("[15s]" in q for q in client.calls)
-    assert any("[9600s:1200s]" in q for q in client.calls)  # the longest dispersion window, 20 x 60 s, 8 of them
+    assert any("[9600s:60s]" in q for q in client.calls)  # the longest dispersion window, 20 x 60 s, 8 of them, by 60 s
 
 
 # ---------------------------------------------------------------- frozen gauges

@@ -22,9 +22,10 @@ Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
 - arrival CV from the dispersion of short-window request counts (index of dispersion ~ ca^2), floored at
   1 (Poisson): completions are smoother than arrivals, so smoother-than-Poisson readings are not trusted.
   Read at three windows (`QuerySettings.dispersion_windows`: 15 s, 60 s, 300 s by default, each over
-  max(rate window, 8 windows)) so that bursts slower than 15 s count; decide() picks the one for the
-  pool's time scale (policy.dispersion_timescale). Counts over long ranges include trends too, which can only
-  raise the estimate (the safe side).
+  max(rate window, 8 windows); the longer two count arrivals by conservation, see dispersion_queries) so
+  that bursts slower than 15 s count; decide() picks the one for the pool's time scale
+  (policy.dispersion_timescale). Counts over long ranges include trends too, which can only raise the
+  estimate (the safe side).
 - freshness = the newest sample's timestamp; no sample or a stale one leaves every rate unknown (None).
 - load-dependent capacity (core/capacity.py): mean vllm:kv_cache_usage_perc over the pool's series, the
   increase of vllm:num_preemptions_total over the window, and one (mean running per series over the
@@ -222,12 +223,25 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
 
 
 def dispersion_queries(settings: QuerySettings, over: Callable[..., str]) -> dict[str, str]:
-    """Variance and mean of completion rates per window, at each dispersion window: one subquery each,
-    stepping a whole window, over max(rate window, DISPERSION_SAMPLES windows)."""
+    """Variance and mean of completion rates per window, at each dispersion window: one subquery each over
+    max(rate window, DISPERSION_SAMPLES windows), stepping one burst window (so the longer windows overlap:
+    4-20 times the samples of whole-window steps, for a steadier variance; the burst window's own steps
+    are whole windows, as before).
+
+    The burst window counts completions (as before). The longer ones count arrivals by conservation,
+    completions + the change of waiting + running over the window: over a minute or more a queue that
+    builds while the fleet is short and drains after a scale-up moves completions by bursts of the
+    fleet's own making, which would read as bursty demand and feed back into the sizing."""
     named = {}
+    step = settings.burst_seconds
     for k, window in enumerate(settings.dispersion_windows):
         span = max(parse_duration(settings.rate_window), DISPERSION_SAMPLES * window)
-        series = f"{over('rate', 'request_success_total', f'{window:g}s')}[{span:g}s:{window:g}s]"
+        w = f"{window:g}s"
+        counted = over("rate", "request_success_total", w)
+        if k:
+            counted = (f"({counted} + {over('delta', 'num_requests_waiting', w)} / {window:g}"
+                       f" + {over('delta', 'num_requests_running', w)} / {window:g})")
+        series = f"{counted}[{span:g}s:{step:g}s]"
         var, mean = dispersion_names(k)
         named[var], named[mean] = f"stdvar_over_time({series})", f"avg_over_time({series})"
     return named

@@ -430,17 +430,22 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
             prefill = (sum_p[hi] - sum_p[lo]) / k
             variance = max((sum_s2[hi] - sum_s2[lo]) / k - service * service, 0.0)
             service_cv = math.sqrt(variance) / service if service > 0 else 1.0
-        dispersions = []
-        for k in signals.DISPERSION_SCALES:  # as observe.dispersion_queries: windows of k bursts, 8 of them
-            burst = windows[2] * k
-            reach = min(max(windows[0], signals.DISPERSION_SAMPLES * burst), seen)
-            edges = [bisect_right(done_t, seen - j * burst) for j in range(int(reach // burst) + 1)]
+        step = windows[2]
+        reach = max(windows[0], signals.DISPERSION_SAMPLES * step * signals.DISPERSION_SCALES[-1])
+        steps = range(int(min(reach, seen) // step) + 1)
+        done_edges = [bisect_right(done_t, seen - j * step) for j in steps]
+        arrival_edges = [bisect_right(arr, seen - j * step) for j in steps]
+        for k in signals.DISPERSION_SCALES:  # as observe.dispersion_queries: windows of k bursts, stepping one;
+            # completions in the burst window, arrivals (= completions + growth of the queue) in the longer ones
+            edges = done_edges if k == 1 else arrival_edges
+            length = step * k
+            last = int(min(max(windows[0], signals.DISPERSION_SAMPLES * length), seen) // step) - k
+            rates = [(edges[j] - edges[j + k]) / length for j in range(last + 1)]
             index = None
-            if len(edges) > 2:
-                rates = [(a - b) / burst for a, b in zip(edges, edges[1:])]
+            if len(rates) > 1:
                 mean = sum(rates) / len(rates)
-                index = signals.dispersion(sum((r - mean) ** 2 for r in rates) / len(rates), mean, burst)
-            dispersions.append((burst, index))
+                index = signals.dispersion(sum((r - mean) ** 2 for r in rates) / len(rates), mean, length)
+            dispersions.append((length, index))
         arrival_cv = math.sqrt(dispersions[0][1]) if dispersions[0][1] is not None else 1.0
     g = bisect_right(gauge_t, seen) - 1
     return Observations(
