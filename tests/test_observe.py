@@ -53,6 +53,11 @@ def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
         ' or timestamp(vllm_num_requests_running{pool!=""}))'
     )
     assert "[120s:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
+    assert "delta(" not in qs["burst_rate_var"]  # the burst window counts completions, as before
+    for k, span in ((1, "[480s:15s]"), (2, "[2400s:15s]")):  # the longer windows count arrivals: + growth inside
+        assert span in qs[f"burst_rate_var_{k}"] and span in qs[f"burst_rate_mean_{k}"]
+        assert "delta(vllm:num_requests_waiting" in qs[f"burst_rate_var_{k}"]
+        assert "delta(vllm_num_requests_running" in qs[f"burst_rate_var_{k}"]
     assert all("{pool" in q for name, q in qs.items() if name != "unlabelled_series")
 
 

@@ -219,9 +219,11 @@ def fit_correction(spec: PoolSpec, obs: Observations, history: History, predicte
     """Fold the newest window's observed and predicted requests over the target into the decayed sums.
 
     The model's prediction is P(wait > target) at the Ready slots and the observed rate (the window's own
-    state); it is compared only in steady windows: every ordered replica Ready and no scale within the
-    window, since a queue left by a burst or a cold start is not a modelling error. Consecutive windows
-    overlap (a 2 m rate window read every 15 s), so each read adds the share of its window that is new.
+    state). Windows after a scale or during a cold start count too: the stationary model ignores the
+    backlog they hold, so they can only raise the factor (bounded at MAX_WAIT_CORRECTION), and leaving them
+    out dropped just the windows where a mis-modelled fleet's misses showed (tried on the simulated fleet of
+    tests/test_wait_correction.py). Consecutive windows overlap (a 2 m rate window read every 15 s), so
+    each read adds the share of its window that is new.
     """
     share, requests, window = obs.wait_exceed_share, obs.wait_exceed_requests, obs.wait_window_seconds
     if not spec.wait_correction or predicted_share is None or share is None or not requests or not window:
