@@ -15,6 +15,13 @@ the pool's *Ready* pods as the operator scales them on the test bed.
   num_requests_running per pod with a `pod` label, the inference / queue / prefill / e2e /
   time-to-first-token histograms) with `pool` and `namespace` labels on 127.0.0.1, in the format vLLM's
   prometheus_client negotiates (a Prometheus 2.x scrape stores them escaped, vllm_*).
+- Load-dependent service and KV pressure (optional): with `token_time` (seconds per output token against the
+  pod's running requests, t(n)) a request's service time is stretched by t(n) / t(1) at the n it starts
+  with, and its tokens are observed in vllm:inter_token_latency_seconds at t(n), as vLLM batches every running
+  sequence into each decode step. With `kv_sequences` a pod's KV cache holds that many requests of
+  `prompt_tokens + output_tokens` tokens: the scheduler admits no more (vLLM admits a waiting request only if
+  its KV blocks can be allocated), vllm:kv_cache_usage_perc = running / kv_sequences per pod, and
+  vllm:cache_config_info carries num_gpu_blocks for that many requests' tokens (block_size 16).
 - Records: every request's (arrival time, queue wait, pod, outcome); `timeline` of (t, rate, ready, running,
   waiting); `aborted`.
 """
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from inferencepool.operator import workload
-from vllm_exporter import VllmSeries, serve
+from vllm_exporter import BLOCK_SIZE, VllmSeries, serve
 
 
 def piecewise(*segments: tuple[float, float, float]) -> Callable[[float], float]:
@@ -54,6 +61,7 @@ class Request:
     pod: str | None = None
     outcome: str | None = None  # "stop" (finished) or "abort" (cut off by its pod's termination)
     finished: float | None = None
+    token_time: float | None = None  # seconds per output token while it ran (load-dependent service)
 
 
 @dataclass
@@ -69,13 +77,18 @@ class Pod:
 
 class Fleet:
     def __init__(self, api_client, namespace: str, pool: str, slots: int, rate: Callable[[float], float],
-                 service_time: float, seed: int = 1, prefill_time: float = 0.05, poll: float = 0.5, tick: float = 0.05):
+                 service_time: float, seed: int = 1, prefill_time: float = 0.05, poll: float = 0.5, tick: float = 0.05,
+                 token_time: Callable[[int], float] | None = None, kv_sequences: int | None = None,
+                 prompt_tokens: int = 1000, output_tokens: int = 100):
         from kubernetes import client
 
         self.core = client.CoreV1Api(api_client)
         self.namespace, self.pool, self.slots, self.rate = namespace, pool, slots, rate
         self.service_time, self.prefill_time, self.poll, self.tick = service_time, prefill_time, poll, tick
         self.rng = random.Random(seed)
+        self.token_time, self.kv_sequences = token_time, kv_sequences
+        self.prompt_tokens, self.output_tokens = prompt_tokens, output_tokens
+        self.capacity = min(slots, kv_sequences or slots)  # requests one pod runs at once
         self.ready = 0
         self.pods: dict[str, Pod] = {}
         self.aborted = 0
@@ -169,24 +182,32 @@ class Fleet:
                 for _, _, req in cut:
                     self._end(req, t, "abort")
         while self._queue:
-            free = [p for p in self.pods.values() if p.ready and len(p.running) < self.slots]
+            free = [p for p in self.pods.values() if p.ready and len(p.running) < self.capacity]
             if not free:
                 break
             self._start(self._queue.popleft(), min(free, key=lambda p: (len(p.running), p.name)), t)
         for pod in self.pods.values():  # a pod's vLLM exports while it serves or drains
-            self.series.pod_running(pod.name, len(pod.running) if pod.ready or pod.running else None)
+            serving = pod.ready or pod.running
+            self.series.pod_running(pod.name, len(pod.running) if serving else None)
+            if self.kv_sequences:
+                blocks = -(-self.kv_sequences * (self.prompt_tokens + self.output_tokens) // BLOCK_SIZE)
+                self.series.kv(len(pod.running) / self.kv_sequences if serving else None, blocks, pod.name)
         self.series.waiting.set(len(self._queue))
 
     def _start(self, req: Request, pod: Pod, t: float) -> None:
         req.wait, req.pod = max(t - req.arrival, 0.0), pod.name
         pod.running.add(id(req))
+        if self.token_time is not None:  # decode steps shared by the n running: each token takes t(n)
+            req.token_time = self.token_time(len(pod.running))
+            req.service *= req.token_time / self.token_time(1)
         heapq.heappush(self._running, (t + req.service, id(req), req))
 
     def _end(self, req: Request, t: float, outcome: str) -> None:
         req.outcome, req.finished = outcome, t
         self.pods[req.pod].running.discard(id(req))
         if outcome == "stop":
-            self.series.finished(req.wait, req.service, self.prefill_time)
+            self.series.finished(req.wait, req.service, self.prefill_time, tokens=self.output_tokens,
+                                 token_time=req.token_time, prompt_tokens=self.prompt_tokens)
         else:
             self.aborted += 1
             self.series.aborted.inc()

@@ -218,6 +218,7 @@ BAD_MANIFESTS = [
      ["spec.slo.percentile", "strictly between 0 and 1"]),
     ("slo", {"percentile": 0.99, "targetSeconds": 0}, ["spec.slo.targetSeconds", "must be > 0"]),
     ("slo", {"metric": "Latency", "targetSeconds": 1}, ["spec.slo.metric", "QueueWait", "TimeToFirstToken"]),
+    ("slo", {"targetSeconds": 1, "maxTokenTimeSeconds": 0}, ["spec.slo.maxTokenTimeSeconds", "must be > 0"]),
     ("minReplicas", 9, ["spec.minReplicas", "must not exceed spec.maxReplicas"]),
     ("maxGPUs", 3, ["spec.maxGPUs", "warm floor"]),  # with minReplicas 2 x perReplica 2 below
     ("prediction", {"horizon": "soon"}, ["spec.prediction.horizon", "Measured or a whole number of seconds"]),

@@ -27,7 +27,11 @@ LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
                    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # vLLM's request_latency_buckets
 TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+               80.0]  # vLLM's inter-token latency buckets (vllm/v1/metrics/buckets.py in 0.33)
+TOKEN_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]  # 1-2-5 up to max_model_len
 GOLDEN = (math.sqrt(5) - 1) / 2
+BLOCK_SIZE = 16  # vLLM's default KV block size (tokens per block)
 
 
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")  # vLLM 0.33 pre-creates every child
@@ -73,6 +77,25 @@ class VllmSeries:
         self.prefill = histogram("vllm:request_prefill_time_seconds", "PREFILL phase time.", LATENCY_BUCKETS)
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "End to end latency.", LATENCY_BUCKETS)
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.itl = histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                             ITL_BUCKETS)
+        self.prompt_tokens = histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", TOKEN_BUCKETS)
+        self.output_tokens = histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                                       TOKEN_BUCKETS)
+        # KV pressure, as vLLM 0.33 exports it (vllm/v1/metrics/loggers.py): kv_cache_usage_perc is a 0-1
+        # fraction per engine, num_preemptions a counter per engine (pre-created at 0), and cache_config_info
+        # a gauge at 1 whose labels are CacheConfig's attributes as strings plus engine, without model_name
+        # (CacheConfig.metrics_info, vllm/config/cache.py; set once the cache is sized)
+        pod = ("pod",) if per_pod else ()
+        self.kv_usage_family = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                                     (*names, *pod), registry=registry)
+        self.preemptions = Counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", names,
+                                   registry=registry).labels(**labels)
+        self.cache_config = Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+                                  (*(k for k in names if k != "model_name"), *pod, "block_size", "cache_dtype",
+                                   "enable_prefix_caching", "gpu_memory_utilization", "num_cpu_blocks", "num_gpu_blocks"),
+                                  registry=registry)
+        self._per_pod = per_pod
 
     def pod_running(self, pod: str, value: float | None) -> None:
         """Set one pod's running series (per_pod), or drop it (None) once the pod is gone."""
@@ -84,8 +107,33 @@ class VllmSeries:
         else:
             self.running_by_pod.labels(**self._labels, pod=pod).set(value)
 
-    def finished(self, wait: float, inference: float, prefill: float, reason: str = "stop", tokens: int = 100) -> None:
-        """One finished request, in every histogram, as vLLM records it."""
+    def kv(self, usage: float | None, num_gpu_blocks: int | None = None, pod: str | None = None) -> None:
+        """One engine's KV usage (0-1) and, once its cache is sized, its cache_config_info; None drops them."""
+        engine = {k: v for k, v in self._labels.items() if k != "model_name"}
+        where = {**self._labels, **({"pod": pod} if self._per_pod else {})}
+        config = {**engine, **({"pod": pod} if self._per_pod else {}), "block_size": str(BLOCK_SIZE),
+                  "cache_dtype": "auto", "enable_prefix_caching": "True", "gpu_memory_utilization": "0.9",
+                  "num_cpu_blocks": "None", "num_gpu_blocks": str(num_gpu_blocks)}
+        if usage is None:
+            for family, labels in ((self.kv_usage_family, where), (self.cache_config, config)):
+                try:
+                    family.remove(*labels.values())
+                except KeyError:
+                    pass
+            return
+        self.kv_usage_family.labels(**where).set(usage)
+        if num_gpu_blocks is not None:
+            self.cache_config.labels(**config).set(1)
+
+    def finished(self, wait: float, inference: float, prefill: float, reason: str = "stop", tokens: int = 100,
+                 token_time: float | None = None, prompt_tokens: int = 0) -> None:
+        """One finished request, in every histogram, as vLLM records it (the inter-token latency once per
+        generated token after the first, at `token_time` seconds each, when given)."""
+        if token_time is not None:
+            for _ in range(max(tokens - 1, 0)):
+                self.itl.observe(token_time)
+        self.prompt_tokens.observe(prompt_tokens)
+        self.output_tokens.observe(tokens)
         self.inference.observe(inference)
         self.queue.observe(wait)
         self.prefill.observe(prefill)

@@ -67,6 +67,18 @@ def arrival_times(
     return np.repeat(epochs, sizes)[:n]
 
 
+def modulated_arrivals(rng: np.random.Generator, rates: tuple[float, float], sojourn: float, n: int) -> np.ndarray:
+    """n arrival epochs of a two-state Markov-modulated Poisson process: the rate alternates between
+    rates[0] and rates[1], each held for an exponential time of mean `sojourn` seconds (bursts of that length)."""
+    parts, t, state, total = [], 0.0, 0, 0
+    while total < n:
+        held = rng.exponential(sojourn)
+        k = rng.poisson(rates[state] * held)
+        parts.append(t + np.sort(rng.uniform(0.0, held, k)))
+        t, state, total = t + held, 1 - state, total + k
+    return np.concatenate(parts)[:n]
+
+
 def fcfs_waits(arrivals: np.ndarray, services: np.ndarray, servers: int) -> np.ndarray:
     """Queue waits of FCFS customers on `servers` identical servers (arrivals sorted)."""
     free = [0.0] * servers  # a heap of the times each server next comes free

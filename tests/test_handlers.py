@@ -554,3 +554,31 @@ def test_an_objective_puts_measured_attainment_in_status_metrics_and_observation
     operator.forget(body=kopf.Body(pool.raw))
     assert registry.get_sample_value("inferencepool_slo_attainment", labels) is None
     assert reader.forgotten == [("serving", "llama")]  # the reader drops its per-token-time history too
+
+
+def test_the_wait_correction_is_fitted_from_the_queue_histogram_kept_in_status_and_logged(world, events, monkeypatch):
+    """Each tick compares the model's P(wait > 2 s) at the Ready slots with the share of the 2 m window's
+    requests over 2 s in vLLM's queue-time histogram; the sums live in status.history, so a restarted
+    operator keeps the factor; status.waitCorrection and the reason show it."""
+    import time
+
+    operator, kube, reader = world
+    rate, service = 6.0, 1.5  # 9 Erlangs on 3 x 4 slots
+    heavy = min(1.0, 2.5 * Queue(rate, service).prob_wait_exceeds(12, 2.0))  # the real tail is 2.5x the model's
+    buckets = ((0.3, rate * (1 - 3 * heavy)), (2.0, rate * (1 - heavy)), (math.inf, rate))  # bucket rates per s
+    pool = Pool()
+    for k in range(40):
+        now = 1000.0 + 15.0 * k  # each tick 15 s apart, as the timer runs
+        monkeypatch.setattr(time, "time", lambda: now)
+        reader.pools = observe.Pools(metrics(rate=rate, service=service, queue_buckets=buckets))
+        reader.pools.rate_window = "2m"
+        status = pool.tick(operator)
+        kube.scale("serving", "llama", 3, manager=handlers.FIELD_MANAGER)  # hold the pool at 3 Ready replicas
+        kube.set_ready(3)
+        pool.raw["status"]["desiredReplicas"] = 3
+    assert status["observedWaitExceedsTarget"] == pytest.approx(heavy, rel=0.01)
+    history = policy.History.from_dict(json.loads(status["history"]))
+    assert history.tail_observed > history.tail_predicted > 0
+    assert 1.5 < status["waitCorrection"] <= 3.0
+    assert policy.correction_factor(history) == pytest.approx(status["waitCorrection"], rel=5e-3)
+    assert "model tail x" in status["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -51,7 +52,12 @@ def test_one_query_per_signal_grouped_by_pool_with_vllm_names():
         'max by (namespace, pool) (timestamp(vllm:num_requests_running{pool!=""})'
         ' or timestamp(vllm_num_requests_running{pool!=""}))'
     )
-    assert "[2m:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
+    assert "[120s:15s]" in qs["burst_rate_var"] and qs["burst_rate_var"].startswith("stdvar_over_time(")
+    assert "delta(" not in qs["burst_rate_var"]  # the burst window counts completions, as before
+    for k, span in ((1, "[480s:15s]"), (2, "[2400s:15s]")):  # the longer windows count arrivals: + growth inside
+        assert span in qs[f"burst_rate_var_{k}"] and span in qs[f"burst_rate_mean_{k}"]
+        assert "delta(vllm:num_requests_waiting" in qs[f"burst_rate_var_{k}"]
+        assert "delta(vllm_num_requests_running" in qs[f"burst_rate_var_{k}"]
     assert all("{pool" in q for name, q in qs.items() if name != "unlabelled_series")
 
 
@@ -197,6 +203,22 @@ def test_pool_metrics_from_canned_results():
     assert m.arrival_cv == pytest.approx(1.0)
     assert (m.prefill_time, m.waiting, m.running, m.newest_sample_time) == (0.2, 4.0, 6.0, 995.0)
     assert m.queue_buckets == ((0.3, 10.0), (math.inf, 10.0))
+
+
+def test_arrival_dispersion_is_read_at_three_windows_and_reaches_decide():
+    # 3 req/s; Var(rate) per window chosen for I = 1 at 15 s and 4 at 60 s; 300 s unknown (NaN)
+    results = canned(burst_rate_var_1=[sample(4 * 3.0 / 60)], burst_rate_mean_1=[sample(3.0)],
+                     burst_rate_var_2=[sample("NaN")], burst_rate_mean_2=[sample(3.0)])
+    assert S.dispersion_windows == (15.0, 60.0, 300.0)
+    m = observe.pool_metrics(results, S)[("serving", "llama")]
+    assert m.arrival_dispersion == ((15.0, pytest.approx(1.0)), (60.0, pytest.approx(4.0)), (300.0, None))
+    obs = observe.observations(m, now=1000.0, current_replicas=2, ready_replicas=2)
+    assert obs.arrival_dispersion == m.arrival_dispersion
+    spec = policy.PoolSpec(slo_target_seconds=58.0, slots_per_replica=4)  # time scale 2 + 58 = 60 s: I = 4
+    decision = policy.decide(spec, obs)
+    assert decision.dispersion_timescale == pytest.approx(60.0, rel=0.05)
+    assert decision.arrival_cv == pytest.approx(2.0, rel=0.05)
+    assert "arrival CV 2.0" in decision.reason
 
 
 def test_arrivals_never_negative_when_the_queue_drains():
@@ -428,7 +450,8 @@ def test_the_reader_widens_its_windows_to_the_measured_scrape_interval():
     pools = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: 0.0).read()
     assert (pools.scrape_interval, pools.rate_window, pools.burst_window) == (15.0, "2m", "60s")
     assert "--burst-window 15s -> 60s" in pools.window_note
-    assert any("[2m:60s]" in q for q in client.calls) and not any("[15s]" in q for q in client.calls)
+    assert any("[480s:60s]" in q for q in client.calls) and not any("[15s]" in q for q in client.calls)
+    assert any("[9600s:60s]" in q for q in client.calls)  # the longest dispersion window, 20 x 60 s, 8 of them, by 60 s
 
 
 # ---------------------------------------------------------------- frozen gauges
@@ -601,3 +624,35 @@ def test_the_reader_keeps_a_bounded_spaced_history_of_pairs_and_decide_sizes_wit
     small.forget("serving", "llama")  # a deleted pool's history goes; a new one starts afresh
     now[0] += 31
     assert observe.find(small.read(), "serving", "llama").token_time_points == ((5.0, 0.01),)
+
+
+def test_the_wait_tail_is_the_histograms_share_over_the_target():
+    waits = np.concatenate([np.zeros(900), np.linspace(0.5, 12.0, 100)])  # 100 of 1000 waited 0.5-12 s
+    hist = tuple(buckets(waits))
+    exact_over_5 = float((waits > 5.0).mean())  # 5 s is a bucket bound: exact
+    assert signals.share_above(list(hist), 5.0) == pytest.approx(exact_over_5)
+    # 3 s is inside (2.5, 5]: linear between the bounds' counts, as histogram_quantile reads it
+    at_25, at_5 = (waits <= 2.5).sum(), (waits <= 5.0).sum()
+    assert signals.share_above(list(hist), 3.0) == pytest.approx(1 - (at_25 + (at_5 - at_25) * 0.5 / 2.5) / 1000)
+    assert signals.share_above(list(hist), 9000.0) == pytest.approx(0.0)  # above the last finite bound: none
+    assert signals.share_above([(0.3, 0.0), (math.inf, 0.0)], 1.0) is None
+    m = PoolMetrics(newest_sample_time=1.0, queue_buckets=tuple((le, c / 120.0) for le, c in hist))  # rates over 2 m
+    share, requests = observe.wait_tail(m, "wait", 5.0, 120.0)
+    assert share == pytest.approx(exact_over_5) and requests == pytest.approx(1000.0)
+    assert observe.wait_tail(m, "ttft", 5.0, 120.0) == (None, None)  # no TTFT histogram here
+
+
+def test_kv_capacity_from_cache_config_info_caps_the_slots():
+    # vLLM exports CacheConfig's attributes as label strings; two engines of the pool, the smaller binds
+    config = [sample(1, engine="0", num_gpu_blocks="512", block_size="16"),
+              sample(1, engine="1", num_gpu_blocks="400", block_size="16"),
+              sample(1, pool="other", num_gpu_blocks="None", block_size="16")]
+    assert observe.kv_capacity(config, S) == {("serving", "llama"): 6400.0}
+    results = canned(kv_config=config, tokens_per_request=[sample(1600.0)])  # 6400 tokens / 1600 = 4 requests
+    m = observe.pool_metrics(results, S)[("serving", "llama")]
+    assert (m.kv_tokens, m.tokens_per_request) == (6400.0, 1600.0)
+    obs = observe.observations(replace(m, token_time_points=((2.0, 0.02),)), now=1000.0, current_replicas=2, ready_replicas=2)
+    assert obs.kv_sequences == 4.0
+    decision = policy.decide(policy.PoolSpec(slots_per_replica=16, slo_target_seconds=2.0), obs)
+    assert decision.capacity.slots == 4 and decision.capacity.limited_by == "kv_cache"
+    assert "4 effective slots per replica (kv_cache)" in decision.reason

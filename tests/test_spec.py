@@ -132,6 +132,9 @@ def test_price_as_string_or_number(price):
         ("engine.extraArgs", ['--disable-log-stats'], "spec.engine.extraArgs: must not set --disable-log-stats: the operator sizes the pool from the engine metrics"),
         ("engine.extraArgs", [' --served-model-name'], "spec.engine.extraArgs: must not set --served-model-name: the operator sets it: use spec.model.name"),
         ("engine.extraArgs", ['--shutdown-timeout=5'], "spec.engine.extraArgs: must not set --shutdown-timeout: the operator sets it: use spec.drain.gracePeriodSeconds"),
+        ("slo.maxTokenTimeSeconds", 0, "spec.slo.maxTokenTimeSeconds: must be a number of seconds per output token in (0, 60]"),
+        ("slo.maxTokenTimeSeconds", "fast", "spec.slo.maxTokenTimeSeconds: must be a number of seconds per output token"),
+        ("slo.maxTokenTimeSeconds", 61, "spec.slo.maxTokenTimeSeconds: must be a number of seconds per output token in (0, 60]"),
         ("slo.objective", 1.0, "spec.slo.objective: must be a number strictly between 0 and 1"),
         ("slo.objective", 0, "spec.slo.objective: must be a number strictly between 0 and 1"),
         ("slo.window", "1 minute", "spec.slo.window: must be a whole number with one unit"),
@@ -240,3 +243,16 @@ def test_slo_objective_window_and_period():
     default = parse(MINIMAL)
     assert (default.policy.slo_objective, default.slo_window, default.slo_period) == (None, "60s", "7d")
     assert parse(with_(with_(MINIMAL, "slo.window", "4s"), "slo.period", "1h")).slo_window == "4s"
+
+
+def test_max_token_time_is_optional_parsed_and_in_the_crd_with_the_same_bounds():
+    assert parse(MINIMAL).policy.max_token_time_seconds is None
+    assert parse(with_(MINIMAL, "slo.maxTokenTimeSeconds", 0.05)).policy.max_token_time_seconds == 0.05
+    assert parse(with_(MINIMAL, "slo.maxTokenTimeSeconds", "0.05")).policy.max_token_time_seconds == 0.05
+    crd = yaml.safe_load(CRD.read_text())
+    slo = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["slo"]
+    field = slo["properties"]["maxTokenTimeSeconds"]
+    assert field["type"] == "number" and "maxTokenTimeSeconds" not in slo["required"] and "default" not in field
+    (rule,) = field["x-kubernetes-validations"]
+    assert rule["rule"] == "self > 0.0 && self <= 60.0"
+    assert rule["message"].startswith("spec.slo.maxTokenTimeSeconds must be > 0 and at most 60")

@@ -88,6 +88,9 @@ class KvState:
     usage: float | None = None  # vllm:kv_cache_usage_perc (a 0-1 fraction despite the name)
     preemptions: float | None = None  # increase of vllm:num_preemptions_total over the window
     running_per_replica: float | None = None
+    # sequences a replica's KV cache holds: its KV tokens (vllm:cache_config_info num_gpu_blocks x block_size)
+    # over the mean tokens per request (prompt + generated); caps concurrency before the cache fills
+    sequences: float | None = None
 
     @property
     def full(self) -> bool:
@@ -122,7 +125,8 @@ def effective_capacity(
     A replica's throughput n / S(n) rises with n whenever t(n) grows less than in proportion to n (it does
     for t0 + k n with t0 > 0), and so does the rate a queue drains at, so a fleet is sized with every slot
     busy: n = slots.  An inter-token latency target `max_token_time` lowers n to the most that meets it
-    (at least 1); a full KV cache lowers it to what a replica runs now.  `service_time` was measured at
+    (at least 1); a full KV cache lowers it to what a replica runs now, and a KV cache that holds fewer
+    sequences of the mean size (kv.sequences) to that, full or not (a fleet sized past it fills the cache).  `service_time` was measured at
     `measured_concurrency` running requests per replica; it is rescaled by t(n) / t(measured).
     """
     if slots < 1:
@@ -136,5 +140,7 @@ def effective_capacity(
         n, limited_by = max(1, max((k for k in range(1, slots + 1) if curve(k) <= max_token_time), default=1)), "token_time"
     if kv is not None and kv.full and kv.running_per_replica is not None and kv.running_per_replica < n:
         n, limited_by = max(1, math.floor(kv.running_per_replica)), "kv_cache"
+    if kv is not None and kv.sequences is not None and kv.sequences < n:
+        n, limited_by = max(1, math.floor(kv.sequences)), "kv_cache"
     slowdown = curve.slowdown(n, measured_concurrency)
     return Capacity(slots=n, service_time=service_time * slowdown, limited_by=limited_by, slowdown=slowdown)

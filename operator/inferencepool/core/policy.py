@@ -15,6 +15,7 @@ from inferencepool.core.capacity import Capacity, KvState, TokenTimeCurve, effec
 from inferencepool.core.queueing import Queue, TargetUnreachable
 from inferencepool.core.sanitize import clean
 from inferencepool.core.schedule import Schedule, floor as scheduled_floor
+from inferencepool.core.signals import dispersion_at
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class PoolSpec:
     # Scheduled warm floors (core/schedule.py): while a window is active its minReplicas replaces min_replicas.
     # Read at obs.time as unix seconds (the simulator passes its trace's wall-clock time).
     schedule: Schedule | None = None
+    # Fitted wait correction (see fit_correction): scale the model's tail by a factor learnt from vLLM's
+    # queue-time (or TTFT) histogram, in [1, MAX_WAIT_CORRECTION]; only when observations carry the tail.
+    wait_correction: bool = True
 
     @property
     def replica_cap(self) -> int:
@@ -73,6 +77,9 @@ class Observations:
     service_time: float | None = None  # mean seconds a slot is busy with one request
     service_samples: float | None = None  # requests completed in service_time's window; None: trust it as is
     arrival_cv: float = 1.0  # coefficient of variation of inter-arrival times
+    # (window seconds, index of dispersion of counts or None) at a few windows (observe.py, simulate/fleet.py);
+    # when set, decide() takes the CV at the time scale the SLO feels (dispersion_timescale), not arrival_cv
+    arrival_dispersion: tuple[tuple[float, float | None], ...] = ()
     service_cv: float = 1.0  # coefficient of variation of service times
     prefill_time: float | None = None  # mean prefill seconds, for a TTFT SLO
     waiting: float | None = None  # requests queued now
@@ -85,12 +92,19 @@ class Observations:
     service_concurrency: float | None = None  # running per replica while service_time was measured; None: running now
     kv_cache_usage: float | None = None  # mean vllm:kv_cache_usage_perc over replicas (0-1)
     preemptions: float | None = None  # vllm:num_preemptions_total increase over the window
+    kv_sequences: float | None = None  # requests of the mean size a replica's KV cache holds (cache_config_info)
     # The last complete SLO window (spec.slo.window, one minute by default): when it ended (unix s in the
     # operator), and the share of its requests within the SLO target. The operator reads it from vLLM's
     # queue-time (or TTFT) histogram, increase(bucket{le=target}[w]) / increase(count[w]) (operator/slo.py,
     # interpolated between bounds); the simulator counts it exactly.
     slo_window_end: float | None = None
     slo_window_good: float | None = None  # None: no request in the window
+    # The tail the model is checked against (fit_correction): the share of the last `wait_window_seconds`'
+    # requests whose queue wait (TTFT for a TTFT SLO) exceeded the target, and how many requests that was.
+    # The operator reads it from vLLM's histogram over the rate window (observe.wait_tail); the simulator counts.
+    wait_exceed_share: float | None = None
+    wait_exceed_requests: float | None = None
+    wait_window_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,10 @@ class History:
     last_scale_time: float | None = None
     headroom: float = 1.0  # error-budget feedback: factor on the planning rate
     feedback_window: float | None = None  # end of the last SLO window folded into `headroom`
+    # Fitted wait correction: requests over the target, observed and as the model predicted, decayed sums
+    tail_observed: float = 0.0
+    tail_predicted: float = 0.0
+    tail_time: float | None = None  # when the last window was folded in
 
     def to_dict(self) -> dict:
         """JSON-ready, for the pool's status: a restarted operator resumes from it."""
@@ -122,6 +140,9 @@ class History:
                 last_scale_time=data.get("last_scale_time"),
                 headroom=float(data.get("headroom", 1.0)),
                 feedback_window=data.get("feedback_window"),
+                tail_observed=float(data.get("tail_observed", 0.0)),
+                tail_predicted=float(data.get("tail_predicted", 0.0)),
+                tail_time=data.get("tail_time"),
             )
         except (TypeError, ValueError):
             return cls()
@@ -149,6 +170,9 @@ class Decision:
     capacity: Capacity | None = None  # effective slots and service time per replica, when load-dependent
     floor: int | None = None  # the warm floor at this moment (spec.minReplicas or the active schedule window's)
     floor_window: str | None = None  # the schedule window that set it; None: spec.minReplicas
+    arrival_cv: float | None = None  # the arrival CV sized with (from arrival_dispersion at dispersion_timescale)
+    dispersion_timescale: float | None = None  # seconds; None: obs.arrival_cv was used as it is
+    wait_correction: float = 1.0  # the fitted factor on the model's tail (fit_correction)
 
     @property
     def action(self) -> str:
@@ -182,6 +206,42 @@ def feedback(spec: PoolSpec, obs: Observations, history: History) -> History:
     return replace(history, headroom=headroom, feedback_window=end)
 
 
+MAX_WAIT_CORRECTION = 3.0  # the fitted factor stays within [1, this]
+CORRECTION_PRIOR = 5.0  # pseudo-requests over the target on both sides: few exceedances leave the factor near 1
+CORRECTION_MEMORY_SECONDS = 6 * 3600.0  # the sums decay with this time constant: slow, as the error is the workload's
+
+
+def correction_factor(history: History) -> float:
+    """(observed + prior) / (predicted + prior) requests over the target, clamped to [1, MAX_WAIT_CORRECTION].
+
+    Never below 1: a model that over-states the tail sizes on the safe side, and the only evidence that it
+    does comes from windows with almost nobody over the target, where the histogram says least.
+    """
+    ratio = (history.tail_observed + CORRECTION_PRIOR) / (history.tail_predicted + CORRECTION_PRIOR)
+    return min(max(ratio, 1.0), MAX_WAIT_CORRECTION)
+
+
+def fit_correction(spec: PoolSpec, obs: Observations, history: History, predicted_share: float | None) -> History:
+    """Fold the newest window's observed and predicted requests over the target into the decayed sums.
+
+    The model's prediction is P(wait > target) at the Ready slots and the observed rate (the window's own
+    state). Windows after a scale or during a cold start count too: the stationary model ignores the
+    backlog they hold, so they can only raise the factor (bounded at MAX_WAIT_CORRECTION), and leaving them
+    out dropped just the windows where a mis-modelled fleet's misses showed (tried on the simulated fleet of
+    tests/test_wait_correction.py). Consecutive windows overlap (a 2 m rate window read every 15 s), so
+    each read adds the share of its window that is new.
+    """
+    share, requests, window = obs.wait_exceed_share, obs.wait_exceed_requests, obs.wait_window_seconds
+    if not spec.wait_correction or predicted_share is None or share is None or not requests or not window:
+        return history
+    elapsed = window if history.tail_time is None else min(max(obs.time - history.tail_time, 0.0), window)
+    if elapsed <= 0:
+        return history
+    decay, new = math.exp(-elapsed / CORRECTION_MEMORY_SECONDS), requests * elapsed / window
+    return replace(history, tail_observed=history.tail_observed * decay + min(max(share, 0.0), 1.0) * new,
+                   tail_predicted=history.tail_predicted * decay + predicted_share * new, tail_time=obs.time)
+
+
 def _usable(value: float | None) -> bool:
     return value is not None and not math.isnan(value) and value >= 0
 
@@ -193,18 +253,23 @@ def wait_target(spec: PoolSpec, obs: Observations) -> float:
     return spec.slo_target_seconds
 
 
-def _servers_needed(spec: PoolSpec, queue: Queue, target: float, max_servers: int) -> int:
+def _corrected_percentile(spec: PoolSpec, factor: float) -> float:
+    """The percentile the model must meet when its tail is `factor` times too light: P(W > t) x f <= 1 - p."""
+    return 1.0 - (1.0 - spec.slo_percentile) / factor
+
+
+def _servers_needed(spec: PoolSpec, queue: Queue, target: float, max_servers: int, factor: float = 1.0) -> int:
     if target <= 0:
         raise TargetUnreachable(f"prefill alone takes longer than the {spec.slo_target_seconds:g}s TTFT target")
     if spec.slo_percentile is None:
-        return queue.servers_for_mean_wait(target, max_servers=max_servers)
-    return queue.servers_for_wait_quantile(target, spec.slo_percentile, max_servers=max_servers)
+        return queue.servers_for_mean_wait(target / factor, max_servers=max_servers)
+    return queue.servers_for_wait_quantile(target, _corrected_percentile(spec, factor), max_servers=max_servers)
 
 
-def _slo_statistic(spec: PoolSpec, queue: Queue, servers: int) -> float:
+def _slo_statistic(spec: PoolSpec, queue: Queue, servers: int, factor: float = 1.0) -> float:
     if spec.slo_percentile is None:
-        return queue.mean_wait(servers)
-    return queue.wait_quantile(servers, spec.slo_percentile)
+        return queue.mean_wait(servers) * factor
+    return queue.wait_quantile(servers, _corrected_percentile(spec, factor))
 
 
 def load_dependent_capacity(spec: PoolSpec, obs: Observations, service_time: float) -> Capacity | None:
@@ -217,12 +282,28 @@ def load_dependent_capacity(spec: PoolSpec, obs: Observations, service_time: flo
         return None
     running = obs.running / obs.ready_replicas if _usable(obs.running) and obs.ready_replicas > 0 else None
     measured = obs.service_concurrency if _usable(obs.service_concurrency) else running
-    kv = KvState(usage=obs.kv_cache_usage, preemptions=obs.preemptions, running_per_replica=running)
+    kv = KvState(usage=obs.kv_cache_usage, preemptions=obs.preemptions, running_per_replica=running,
+                 sequences=obs.kv_sequences if _usable(obs.kv_sequences) and obs.kv_sequences > 0 else None)
     capacity = effective_capacity(
         spec.slots_per_replica, service_time, measured if measured is not None else spec.slots_per_replica,
         obs.token_time_curve, kv, spec.max_token_time_seconds,
     )
     return capacity
+
+
+def dispersion_timescale(service_time: float, target: float) -> float:
+    """The burst length whose count dispersion sizes the queue: service time + wait target.
+
+    Why: a request waits when the slots are all held by requests that arrived within about one service
+    time before it (for deterministic service the busy count is exactly the arrivals of the last S, so its
+    peakedness is I(S)), and its wait exceeds the target when such crowding lasts the target longer.
+    Slower swings are changes of rate (the rate window and the forecast follow them); faster ones average
+    out within S. Checked against an independent FCFS simulation with bursts of 30-120 s
+    (tests/test_dispersion.py): sizing with I(S + target) meets the p99 where I(15 s) misses it and
+    I(300 s) over-provisions. Not enough: a burst that overloads even the sized fleet for longer than
+    S + target (the queue grows through it) needs more; the fitted wait correction covers that.
+    """
+    return service_time + max(target, 0.0)
 
 
 def horizon(spec: PoolSpec, obs: Observations) -> float:
@@ -284,13 +365,25 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     if capacity is not None:
         slots, service_time = capacity.slots, capacity.service_time
     target = wait_target(spec, obs)
+    arrival_cv, timescale = obs.arrival_cv, None
+    if obs.arrival_dispersion:
+        timescale = dispersion_timescale(service_time, target)
+        at = dispersion_at(obs.arrival_dispersion, timescale)
+        arrival_cv = math.sqrt(at) if at is not None else arrival_cv
+    predicted = None  # the model's P(wait > target) now, at the Ready slots: what the histogram is checked against
+    if service_time is not None and obs.ready_replicas > 0:
+        now_queue = Queue(obs.arrival_rate, service_time, arrival_cv, obs.service_cv)
+        if obs.ready_replicas * slots > now_queue.load:
+            predicted = now_queue.prob_wait_exceeds(obs.ready_replicas * slots, max(target, 0.0))
+    history = fit_correction(spec, obs, history, predicted)
+    factor = correction_factor(history) if spec.wait_correction else 1.0
 
     def replicas_for(rate: float) -> tuple[int, bool]:
         """Fewest replicas meeting the SLO at this rate, and whether even the cap falls short."""
         if rate == 0:
             return 0, False
         try:
-            servers = _servers_needed(spec, Queue(rate, service_time, obs.arrival_cv, obs.service_cv), target, cap * slots)
+            servers = _servers_needed(spec, Queue(rate, service_time, arrival_cv, obs.service_cv), target, cap * slots, factor)
         except TargetUnreachable:
             return cap, True
         return math.ceil(servers / slots), False
@@ -329,7 +422,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
             replicas, constraint = current - spec.scale_down_max_step, "max_step"
         replicas = max(replicas, floor)
 
-    observed = Queue(obs.arrival_rate, service_time or 1.0, obs.arrival_cv, obs.service_cv)
+    observed = Queue(obs.arrival_rate, service_time or 1.0, arrival_cv, obs.service_cv)
     saturated = saturated or observed.load >= cap * slots > 0
     if replicas != current:
         history = replace(history, last_scale_time=obs.time)
@@ -345,13 +438,17 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         forecast_rate=forecast_rate,
         utilization=observed.load / (replicas * slots) if replicas else None,
         p_wait_exceeds={
-            n: observed.prob_wait_exceeds(n * slots, max(target, 0.0)) for n in (replicas - 1, replicas, replicas + 1) if n > 0
+            n: min(1.0, factor * observed.prob_wait_exceeds(n * slots, max(target, 0.0)))
+            for n in (replicas - 1, replicas, replicas + 1) if n > 0
         },
-        predicted_wait=_slo_statistic(spec, observed, replicas * slots) if replicas else None,
+        predicted_wait=_slo_statistic(spec, observed, replicas * slots, factor) if replicas else None,
         saturated=saturated,
         scaling_limited=limited,
         capacity=capacity,
         **floors,
+        arrival_cv=arrival_cv,
+        dispersion_timescale=timescale,
+        wait_correction=factor,
     )
     return replace(decision, reason=explain(spec, obs, decision))
 
@@ -407,6 +504,8 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
     demand = f"arrival {obs.arrival_rate:.3g}/s"
     if d.forecast_rate is not None:
         demand += f", forecast q{spec.forecast_quantile:g} peak {d.forecast_rate:.3g}/s over {d.horizon_seconds:.0f}s"
+    if d.dispersion_timescale is not None and d.arrival_cv is not None and d.arrival_cv > 1.0:
+        demand += f", arrival CV {d.arrival_cv:.2f} over {d.dispersion_timescale:.0f}s bursts"
     if spec.backlog_drain_seconds and obs.waiting:
         demand += f", {obs.waiting:.0f} waiting to drain within {spec.backlog_drain_seconds:g}s"
     if spec.slo_objective is not None and d.history.headroom != 1.0:
@@ -426,6 +525,8 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
         "max_step": f"scale-down is limited to {spec.scale_down_max_step} replica(s) per step",
     }[d.constraint]
     extra = " (saturated: demand exceeds the capped fleet)" if d.saturated else ""
+    if d.wait_correction > 1.005:
+        extra += f"; model tail x{d.wait_correction:.2f}, fitted to vLLM's {spec.slo_metric} histogram"
     if d.capacity is not None:
         extra += (
             f"; {d.capacity.slots} effective slots per replica ({d.capacity.limited_by}),"

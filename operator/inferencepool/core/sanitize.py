@@ -8,9 +8,11 @@ real reading trips them:
 
 - arrival_rate <= 1e6 requests/s (10,000 replicas x 100 requests/s each);
 - service_time, prefill_time, cold_start_seconds <= 86,400 s (a day);
-- arrival_cv, service_cv <= 100 (an index of dispersion of 10,000; observe.py caps the service CV at 10);
+- arrival_cv, service_cv <= 100 (an index of dispersion of 10,000; observe.py caps the service CV at 10), and
+  each arrival_dispersion entry a window in (0, a day] with an index in [0, 10,000] or unknown;
 - waiting, running, service_samples, preemptions <= 1e12 requests; service_concurrency <= 1e6 per replica;
-- kv_cache_usage in [0, 1.001] (a fraction; the slack is rounding of an average);
+- kv_cache_usage in [0, 1.001] (a fraction; the slack is rounding of an average); wait_exceed_share in [0, 1],
+  wait_exceed_requests <= 1e12, wait_window_seconds <= a day;
 - metrics_age_seconds >= 0 (unknown freshness, None or NaN, is treated as invalid too).
 
 History comes from the pool's status, which anyone allowed to patch it can edit: entries that are not
@@ -47,6 +49,10 @@ BOUNDS = {
     "service_concurrency": (MAX_CONCURRENCY, None),
     "kv_cache_usage": (MAX_KV_USAGE, None),
     "preemptions": (MAX_COUNT, None),
+    "kv_sequences": (MAX_CONCURRENCY, None),
+    "wait_exceed_share": (1.0, None),
+    "wait_exceed_requests": (MAX_COUNT, None),
+    "wait_window_seconds": (MAX_SECONDS, None),
 }
 
 
@@ -71,6 +77,10 @@ def invalid_reason(obs) -> str | None:
             continue
         if not _finite(value) or value < 0 or value > high:
             return f"{name} {value!r} is invalid (must be a finite number in [0, {high:g}])"
+    for window, index in obs.arrival_dispersion:
+        if not (_finite(window) and 0 < window <= MAX_SECONDS) or not (_missing(index) or _finite(index) and 0 <= index <= MAX_CV**2):
+            return (f"arrival_dispersion ({window!r}, {index!r}) is invalid (a window in (0, {MAX_SECONDS:g}] s and an "
+                    f"index of dispersion in [0, {MAX_CV**2:g}] or unknown)")
     return None
 
 
@@ -84,6 +94,8 @@ def clean(obs, history):
     for name in ("ready_replicas", "unschedulable_replicas"):
         if not isinstance(getattr(obs, name), int) or getattr(obs, name) < 0:
             changes[name] = 0
+    if any(_missing(index) and index is not None for _, index in obs.arrival_dispersion):
+        changes["arrival_dispersion"] = tuple((w, None if _missing(i) else i) for w, i in obs.arrival_dispersion)
     if changes:
         obs = replace(obs, **changes)
     return obs, clean_history(history, obs.time), invalid_reason(obs)
@@ -100,6 +112,10 @@ def clean_history(history, now: float):
     kept = tuple((t, r) for t, r in history.recommendations if _finite(t) and isinstance(r, int) and r >= 0)
     if kept != tuple(history.recommendations):
         changes["recommendations"] = kept
+    tails = (history.tail_observed, history.tail_predicted)
+    if not all(_finite(x) and 0 <= x <= MAX_COUNT for x in tails) or not (
+            history.tail_time is None or _finite(history.tail_time)):
+        changes.update(tail_observed=0.0, tail_predicted=0.0, tail_time=None)  # the fitted correction restarts at 1
     state = history.forecaster
     if state is not None and not _forecaster_ok(state, now):
         changes["forecaster"] = None

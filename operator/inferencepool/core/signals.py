@@ -59,13 +59,58 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return lower
 
 
-def arrival_cv(rate_var: float | None, rate_mean: float | None, window_seconds: float) -> float:
-    """sqrt of the index of dispersion of counts in `window_seconds`, clamped to [1, 4].
-
-    For a renewal process Var(N)/E(N) -> ca^2 over long windows. Rates r = N/window, so
-    Var(N)/E(N) = Var(r) * window / E(r). With fewer than 10 requests per window the estimate is noise: 1.
-    """
+def dispersion(rate_var: float | None, rate_mean: float | None, window_seconds: float) -> float | None:
+    """Index of dispersion of counts in `window_seconds`, Var(N)/E(N), from the variance and mean of the
+    per-window rates r = N/window (Var(N)/E(N) = Var(r) * window / E(r)); floored at 1 (Poisson), capped
+    at 16. None with fewer than 10 requests per window: the estimate would be noise."""
     if rate_var is None or rate_mean is None or rate_mean * window_seconds < 10:
-        return 1.0
-    dispersion = rate_var * window_seconds / rate_mean
-    return math.sqrt(min(max(dispersion, 1.0), 16.0))
+        return None
+    return min(max(rate_var * window_seconds / rate_mean, 1.0), 16.0)
+
+
+def share_above(buckets: list[tuple[float, float]], target: float) -> float | None:
+    """The share of a Prometheus histogram's observations above `target`, linear within the bucket that
+    holds it (the first bucket's lower bound is 0), as histogram_quantile interpolates; above the last
+    finite bound every +Inf observation counts as above. None without observations."""
+    if not buckets or buckets[-1][0] != math.inf or buckets[-1][1] <= 0:
+        return None
+    total, lower, below = buckets[-1][1], 0.0, 0.0
+    for bound, cumulative in buckets:
+        if bound == math.inf:
+            return max(total - below, 0.0) / total
+        if target <= bound:
+            within = below + (cumulative - below) * (target - lower) / (bound - lower) if bound > lower else cumulative
+            return min(max(total - within, 0.0) / total, 1.0)
+        lower, below = bound, cumulative
+    return None
+
+
+def arrival_cv(rate_var: float | None, rate_mean: float | None, window_seconds: float) -> float:
+    """sqrt of the index of dispersion of counts in `window_seconds`, clamped to [1, 4]; 1 without enough
+    requests. For a renewal process Var(N)/E(N) -> ca^2 over long windows."""
+    value = dispersion(rate_var, rate_mean, window_seconds)
+    return 1.0 if value is None else math.sqrt(value)
+
+
+DISPERSION_SCALES = (1, 4, 20)  # windows as multiples of the shortest (15 s, 60 s, 300 s at a fast scrape)
+DISPERSION_SAMPLES = 8  # windows per estimate: the range is max(rate window, 8 x window)
+
+
+def dispersion_at(dispersions, timescale: float) -> float | None:
+    """The index of dispersion at `timescale` seconds from (window seconds, I or None) pairs measured at a
+    few windows: log-linear in the window between the two around it, the nearest end outside them; None
+    when no window was measured.
+
+    Why a time scale: bursts shorter than a window average out of its counts, so I(T) grows with T up to
+    the slowest burst; the queueing model wants the dispersion of the arrivals that compete for the same
+    servers, and decide() asks at T = service time + wait target (policy.dispersion_timescale).
+    """
+    known = sorted((float(t), float(i)) for t, i in dispersions if i is not None and t > 0)
+    if not known:
+        return None
+    if timescale <= known[0][0]:
+        return known[0][1]
+    for (t0, i0), (t1, i1) in zip(known, known[1:]):
+        if timescale <= t1:
+            return i0 + (i1 - i0) * math.log(timescale / t0) / math.log(t1 / t0)
+    return known[-1][1]

@@ -233,6 +233,11 @@ class Operator:
         slo_status, window_end, window_good, slo_note = pool_slo.measure(self.reader, config, pools, metrics,
                                                                          namespace, name, now)
         obs = replace(obs, slo_window_end=window_end, slo_window_good=window_good)
+        rate_window = getattr(pools, "rate_window", None)
+        share, requests = observe.wait_tail(metrics, config.policy.slo_metric, config.policy.slo_target_seconds,
+                                            observe.parse_duration(rate_window) if rate_window else None)
+        obs = replace(obs, wait_exceed_share=share, wait_exceed_requests=requests,
+                      wait_window_seconds=observe.parse_duration(rate_window) if share is not None else None)
         history = policy.History.from_dict(pool_status.history_from_status(status))
         decision = policy.decide(config.policy, obs, history)
         decision = self.budgets.clamp(body, config, obs, decision, patch)  # a shared GPUBudget caps it
@@ -324,7 +329,10 @@ class Operator:
             cost_per_hour=decision.cost_per_hour(config.policy),
             last_scale_time=decision.history.last_scale_time,
             arrival_rate=obs.arrival_rate,
-            arrival_cv=obs.arrival_cv,
+            arrival_cv=decision.arrival_cv or obs.arrival_cv,
+            dispersion_timescale=decision.dispersion_timescale,
+            wait_correction=decision.wait_correction,
+            observed_wait_exceeds=obs.wait_exceed_share,
             service_time=obs.service_time,
             service_cv=obs.service_cv,
             prefill_time=obs.prefill_time,

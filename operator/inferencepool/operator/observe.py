@@ -21,6 +21,11 @@ Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
   of variation from the histogram buckets. Falls back to e2e latency - queue time on older vLLM.
 - arrival CV from the dispersion of short-window request counts (index of dispersion ~ ca^2), floored at
   1 (Poisson): completions are smoother than arrivals, so smoother-than-Poisson readings are not trusted.
+  Read at three windows (`QuerySettings.dispersion_windows`: 15 s, 60 s, 300 s by default, each over
+  max(rate window, 8 windows); the longer two count arrivals by conservation, see dispersion_queries) so
+  that bursts slower than 15 s count; decide() picks the one for the pool's time scale
+  (policy.dispersion_timescale). Counts over long ranges include trends too, which can only raise the
+  estimate (the safe side).
 - freshness = the newest sample's timestamp; no sample or a stale one leaves every rate unknown (None).
 - load-dependent capacity (core/capacity.py): mean vllm:kv_cache_usage_perc over the pool's series, the
   increase of vllm:num_preemptions_total over the window, and one (mean running per series over the
@@ -43,7 +48,8 @@ from datetime import datetime
 
 from inferencepool.core.capacity import TokenTimeCurve
 from inferencepool.core.policy import Observations
-from inferencepool.core.signals import arrival_cv, histogram_cv, histogram_quantile
+from inferencepool.core.signals import (DISPERSION_SAMPLES, DISPERSION_SCALES, arrival_cv, dispersion, histogram_cv,
+                                        histogram_quantile, share_above)
 
 PoolKey = tuple[str, str]  # (namespace, pool); namespace "" when the series carry no namespace label
 
@@ -62,6 +68,18 @@ class QuerySettings:
     @property
     def burst_seconds(self) -> float:
         return parse_duration(self.burst_window)
+
+    @property
+    def dispersion_windows(self) -> tuple[float, ...]:
+        """Seconds of the windows whose count dispersion is read: the burst window x DISPERSION_SCALES
+        (15 s, 60 s, 300 s at the default; raised with it when the scrape is slow)."""
+        return tuple(self.burst_seconds * k for k in DISPERSION_SCALES)
+
+
+def dispersion_names(k: int) -> tuple[str, str]:
+    """The query names of the k-th dispersion window (k = 0 is the burst window, as before)."""
+    suffix = f"_{k}" if k else ""
+    return f"burst_rate_var{suffix}", f"burst_rate_mean{suffix}"
 
 
 CURVE_POINTS = 240  # (running, token time) pairs kept per pool: 2 hours at one per 30 s
@@ -165,7 +183,6 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
     def average(expression: Callable[[str], str]) -> str:
         return f"avg by ({by}) {either(expression)}"
 
-    burst_rate = f"{over('rate', 'request_success_total', s.burst_window)}[{w}:{s.burst_window}]"
     unlabelled = "{" + ", ".join(m for m in ('__name__=~"vllm[:_]num_requests_running"', f'{s.pool_label}=""', extra) if m) + "}"
     return {
         "completion_rate": rate("request_success_total"),
@@ -184,8 +201,7 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "prefill_mean": mean("request_prefill_time_seconds"),
         "queue_buckets": rate("request_queue_time_seconds_bucket", ", le"),
         "ttft_buckets": rate("time_to_first_token_seconds_bucket", ", le"),
-        "burst_rate_var": f"stdvar_over_time({burst_rate})",
-        "burst_rate_mean": f"avg_over_time({burst_rate})",
+        **dispersion_queries(s, over),
         # frozen gauges: waiting/running unchanged while nothing finishes and no token is generated
         "gauge_changes": f"{over('changes', 'num_requests_running')} + {over('changes', 'num_requests_waiting')}",
         "token_growth": over("increase", "generation_tokens_total"),
@@ -194,11 +210,41 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "preemptions": over("increase", "num_preemptions_total"),
         "running_mean": average(lambda p: f"avg_over_time({p}num_requests_running{sel}[{w}])"),
         "token_time_mean": mean("inter_token_latency_seconds"),
+        # KV capacity: cache_config_info carries CacheConfig as labels (num_gpu_blocks, block_size: strings);
+        # over the mean tokens per request it says how many sequences a replica's cache holds
+        "kv_config": f"max by ({by}, num_gpu_blocks, block_size) {either(lambda p: f'{p}cache_config_info{sel}')}",
+        "tokens_per_request": f"({rate('request_prompt_tokens_sum')} + {rate('request_generation_tokens_sum')})"
+                              f" / {rate('request_prompt_tokens_count')}",
         "tpot_mean": mean("time_per_output_token_seconds"),
         # what to say when a pool has no vLLM series: are its targets scraped at all?
         "targets_up": f"max by ({by}) (up{sel})",
         "unlabelled_series": f"count({unlabelled})",
     }
+
+
+def dispersion_queries(settings: QuerySettings, over: Callable[..., str]) -> dict[str, str]:
+    """Variance and mean of completion rates per window, at each dispersion window: one subquery each over
+    max(rate window, DISPERSION_SAMPLES windows), stepping one burst window (so the longer windows overlap:
+    4-20 times the samples of whole-window steps, for a steadier variance; the burst window's own steps
+    are whole windows, as before).
+
+    The burst window counts completions (as before). The longer ones count arrivals by conservation,
+    completions + the change of waiting + running over the window: over a minute or more a queue that
+    builds while the fleet is short and drains after a scale-up moves completions by bursts of the
+    fleet's own making, which would read as bursty demand and feed back into the sizing."""
+    named = {}
+    step = settings.burst_seconds
+    for k, window in enumerate(settings.dispersion_windows):
+        span = max(parse_duration(settings.rate_window), DISPERSION_SAMPLES * window)
+        w = f"{window:g}s"
+        counted = over("rate", "request_success_total", w)
+        if k:
+            counted = (f"({counted} + {over('delta', 'num_requests_waiting', w)} / {window:g}"
+                       f" + {over('delta', 'num_requests_running', w)} / {window:g})")
+        series = f"{counted}[{span:g}s:{step:g}s]"
+        var, mean = dispersion_names(k)
+        named[var], named[mean] = f"stdvar_over_time({series})", f"avg_over_time({series})"
+    return named
 
 
 # ---------------------------------------------------------------- pure parsing
@@ -300,6 +346,9 @@ class PoolMetrics:
     running_mean: float | None = None  # running requests per series, averaged over the rate window
     token_time: float | None = None  # mean seconds per output token over the rate window
     token_time_points: tuple[tuple[float, float], ...] = ()  # (running_mean, token_time) so far (the reader's)
+    arrival_dispersion: tuple[tuple[float, float | None], ...] = ()  # (window s, index of dispersion or None)
+    kv_tokens: float | None = None  # the smallest engine's KV cache in tokens (cache_config_info blocks x block size)
+    tokens_per_request: float | None = None  # mean prompt + generated tokens per request over the rate window
 
 
 class Pools(dict):
@@ -328,6 +377,7 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
     def get(name: str, key: PoolKey) -> float | None:
         return vec.get(name, {}).get(key)
 
+    kv_tokens = kv_capacity(results.get("kv_config", []), settings)
     pools = Pools()
     pools.unlabelled_series = int(sum(vec.get("unlabelled_series", {}).values()))
     for key, up in vec.get("targets_up", {}).items():
@@ -356,6 +406,8 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             completion_rate=completions,
             rejection_rate=get("rejection_rate", key),
             arrival_cv=arrival_cv(get("burst_rate_var", key), get("burst_rate_mean", key), settings.burst_seconds),
+            arrival_dispersion=tuple((window, dispersion(get(dispersion_names(k)[0], key), get(dispersion_names(k)[1], key),
+                                                         window)) for k, window in enumerate(settings.dispersion_windows)),
             service_time=service,
             service_samples=get("service_samples", key) if get("service_mean", key) is not None else None,
             service_cv=1.0 if service_cv is None else min(service_cv, 10.0),
@@ -372,10 +424,42 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             preemptions=get("preemptions", key),
             running_mean=None if frozen else get("running_mean", key),
             token_time=get("token_time_mean", key) if get("token_time_mean", key) is not None else get("tpot_mean", key),
+            kv_tokens=kv_tokens.get(key),
+            tokens_per_request=get("tokens_per_request", key),
         )
         if key in invalid:  # one impossible signal makes the whole reading suspect: no rate, so the pool holds
             pools[key] = replace(pools[key], arrival_rate=None, invalid_signals=invalid[key])
     return pools
+
+
+def wait_tail(metrics: PoolMetrics | None, slo_metric: str, target: float, window_seconds: float | None
+              ) -> tuple[float | None, float | None]:
+    """(share of the rate window's requests over the SLO target, how many requests), from vLLM's queue-time
+    histogram (vllm:request_queue_time_seconds, WAITING phase) or for a TTFT SLO time_to_first_token; what
+    decide() checks its model against (policy.fit_correction). (None, None) without requests."""
+    if metrics is None or not window_seconds:
+        return None, None
+    buckets = list(metrics.queue_buckets if slo_metric == "wait" else metrics.ttft_buckets)
+    share = share_above(buckets, target)
+    return (None, None) if share is None else (share, buckets[-1][1] * window_seconds)
+
+
+def kv_capacity(result: Iterable[Mapping], settings: QuerySettings) -> dict[PoolKey, float]:
+    """{pool: KV tokens of its smallest engine} from vllm:cache_config_info series, whose labels are the
+    engine's CacheConfig attributes as strings (CacheConfig.metrics_info in vllm/config/cache.py, set once
+    the cache is sized, PrometheusStatLogger.log_metrics_info in vllm/v1/metrics/loggers.py, vLLM 0.10.2
+    and 0.33): tokens = num_gpu_blocks x block_size. Series with "None" or garbage there are skipped."""
+    found: dict[PoolKey, float] = {}
+    for sample in result:
+        labels = sample["metric"]
+        try:
+            tokens = int(labels.get("num_gpu_blocks", "")) * int(labels.get("block_size", ""))
+        except ValueError:
+            continue
+        if 0 < tokens <= MAX_VALUE:
+            key = _key(labels, settings)
+            found[key] = min(found.get(key, math.inf), float(tokens))
+    return found
 
 
 def resolves(buckets: list[tuple[float, float]], mean: float | None) -> bool:
@@ -506,6 +590,7 @@ def observations(
         service_time=m.service_time,
         service_samples=m.service_samples,
         arrival_cv=m.arrival_cv,
+        arrival_dispersion=m.arrival_dispersion,
         service_cv=m.service_cv,
         prefill_time=m.prefill_time,
         waiting=m.waiting,
@@ -513,6 +598,7 @@ def observations(
         metrics_age_seconds=max(now - m.newest_sample_time, 0.0),
         kv_cache_usage=m.kv_cache_usage,
         preemptions=m.preemptions,
+        kv_sequences=m.kv_tokens / m.tokens_per_request if m.kv_tokens and m.tokens_per_request else None,
     )
     if m.token_time_points:  # any usable pair (the reader keeps only those): the service is load-dependent
         obs = replace(obs, token_time_curve=TokenTimeCurve.fit(m.token_time_points),

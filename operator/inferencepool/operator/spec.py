@@ -298,6 +298,10 @@ def parse(spec: Mapping) -> PoolConfig:
         )
     schedule = _schedule(spec, min_replicas, max_replicas, gpus, max_gpus)
     objective, slo_window, slo_period = _slo_windows(spec)
+    token_time = _lookup(spec, "slo.maxTokenTimeSeconds", None)
+    if token_time is not None:
+        token_time = _number(spec, "slo.maxTokenTimeSeconds", lambda t: 0 < t <= 60,
+                             "a number of seconds per output token in (0, 60] such as 0.05, or unset")
     price = _number(spec, "cost.gpuHourPrice", lambda p: p >= 0, 'a price >= 0 such as "2.50"')
     policy = PoolSpec(
         slo_metric=SLO_METRICS[metric],
@@ -318,6 +322,7 @@ def parse(spec: Mapping) -> PoolConfig:
         gpu_hour_price=price,
         slo_objective=objective,
         schedule=schedule,
+        max_token_time_seconds=token_time,
     )
     name = _text(spec, "model.name")
     memory, memory_limit = _quantity(spec, "engine.resources.memory"), _quantity(spec, "engine.resources.memoryLimit")

@@ -194,7 +194,14 @@ def decision_status(
         "arrivalRateSource": (("spec.metrics.arrivalRateQuery" if metrics.arrival_source == "query" else "vLLM")
                               if metrics and obs.arrival_rate is not None else None),
         "rejectionRate": rounded(metrics.rejection_rate) if metrics and decision.metrics_available else None,
-        "arrivalCV": rounded(obs.arrival_cv, 3) if decision.metrics_available else None,
+        "arrivalCV": rounded(decision.arrival_cv or obs.arrival_cv, 3) if decision.metrics_available else None,
+        # the count dispersion per window, and the time scale decide() read it at (policy.dispersion_timescale)
+        "arrivalDispersion": [{"windowSeconds": rounded(w), "index": rounded(i, 3)} for w, i in obs.arrival_dispersion
+                              if i is not None] or None if decision.metrics_available else None,
+        "dispersionTimescaleSeconds": rounded(decision.dispersion_timescale, 3),
+        # the model's tail x this, fitted to vLLM's histogram (policy.fit_correction); its sums are in history
+        "waitCorrection": rounded(decision.wait_correction, 3) if decision.metrics_available else None,
+        "observedWaitExceedsTarget": rounded(obs.wait_exceed_share, 3),
         "serviceTimeSeconds": rounded(obs.service_time),
         "serviceCV": rounded(obs.service_cv, 3) if decision.metrics_available else None,
         "prefillSeconds": rounded(obs.prefill_time),

@@ -59,8 +59,9 @@ class FleetConfig:
     cold_start_distribution: str = "lognormal"  # lognormal | uniform | fixed
     cold_start_spread: float = 0.25  # lognormal sigma, or uniform half-width as a fraction of the mean
     reconcile_seconds: float = 15.0
-    # As the operator reads Prometheus (observe.py): every rate over [2m]; the arrival CV from the dispersion
-    # of completions per 15 s within it; cold start = the longest of the 5 newest Ready pods.
+    # As the operator reads Prometheus (observe.py): every rate over [2m]; the arrival dispersion of completions
+    # per 15 s within it, and per 60 s and 300 s over 8 such windows; cold start = the longest of the 5 newest
+    # Ready pods.
     rate_window_seconds: float = 120.0
     service_window_seconds: float = 120.0
     burst_window_seconds: float = 15.0
@@ -76,6 +77,10 @@ class FleetConfig:
     # (the fleet admits no more than fit, so it never preempts).
     kv_max_sequences: int | None = None
     curve_points: int = 240  # (running per replica, token time) pairs kept for the observed curve, newest
+    # The wait tail decide() fits its correction to (Observations.wait_exceed_*): the share of the requests that
+    # started within the rate window whose queue wait exceeded this many seconds; None: not reported (the
+    # default, so the frontier benchmarks are as measured before it).
+    wait_tail_target_seconds: float | None = None
 
 
 class ColdStarts:
@@ -229,6 +234,9 @@ def simulate(
     started_good: list[int] = [0]  # running count
     target = config.slo_target_seconds
     window = config.slo_window_seconds
+    tail_target = config.wait_tail_target_seconds
+    tail_t: list[float] = []  # when each request left the queue, and how many so far waited over tail_target
+    tail_over: list[int] = [0]
 
     def start(j: int, now: float) -> None:
         waits[j] = now - arr[j]
@@ -243,6 +251,9 @@ def simulate(
         if target is not None:
             started_t.append(now)
             started_good.append(started_good[-1] + (waits[j] <= target))
+        if tail_target is not None:
+            tail_t.append(now)
+            tail_over.append(tail_over[-1] + (waits[j] > tail_target))
 
     inf = math.inf
     while True:
@@ -314,6 +325,12 @@ def simulate(
                     hi, lo = bisect_left(started_t, w_end), bisect_left(started_t, w_end - window)
                     good = (started_good[hi] - started_good[lo]) / (hi - lo) if hi > lo else None
                     obs = replace(obs, slo_window_end=w_end, slo_window_good=good)
+                if tail_target is not None:
+                    span = config.rate_window_seconds
+                    hi, lo = bisect_right(tail_t, now - delay), bisect_right(tail_t, now - delay - span)
+                    if hi > lo:
+                        obs = replace(obs, wait_exceed_share=(tail_over[hi] - tail_over[lo]) / (hi - lo),
+                                      wait_exceed_requests=float(hi - lo), wait_window_seconds=span)
                 if curve is not None or config.kv_max_sequences:
                     obs = _observe_capacity(obs, now - delay, config, curve, done_t, sum_db, sum_da, gauge_t,
                                             gauge_npr, gauge_kv, points)
@@ -401,6 +418,7 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
     seen = now - delay
     rate = service = prefill = samples = None
     service_cv = arrival_cv = 1.0
+    dispersions = []
     if seen > 0:
         span = min(windows[0], seen)
         rate = (bisect_right(arr, seen) - bisect_right(arr, seen - span)) / span
@@ -412,12 +430,23 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
             prefill = (sum_p[hi] - sum_p[lo]) / k
             variance = max((sum_s2[hi] - sum_s2[lo]) / k - service * service, 0.0)
             service_cv = math.sqrt(variance) / service if service > 0 else 1.0
-        burst = windows[2]
-        edges = [bisect_right(done_t, seen - j * burst) for j in range(int(span // burst) + 1)]
-        if len(edges) > 2:
-            rates = [(a - b) / burst for a, b in zip(edges, edges[1:])]
-            mean = sum(rates) / len(rates)
-            arrival_cv = signals.arrival_cv(sum((r - mean) ** 2 for r in rates) / len(rates), mean, burst)
+        step = windows[2]
+        reach = max(windows[0], signals.DISPERSION_SAMPLES * step * signals.DISPERSION_SCALES[-1])
+        steps = range(int(min(reach, seen) // step) + 1)
+        done_edges = [bisect_right(done_t, seen - j * step) for j in steps]
+        arrival_edges = [bisect_right(arr, seen - j * step) for j in steps]
+        for k in signals.DISPERSION_SCALES:  # as observe.dispersion_queries: windows of k bursts, stepping one;
+            # completions in the burst window, arrivals (= completions + growth of the queue) in the longer ones
+            edges = done_edges if k == 1 else arrival_edges
+            length = step * k
+            last = int(min(max(windows[0], signals.DISPERSION_SAMPLES * length), seen) // step) - k
+            rates = [(edges[j] - edges[j + k]) / length for j in range(last + 1)]
+            index = None
+            if len(rates) > 1:
+                mean = sum(rates) / len(rates)
+                index = signals.dispersion(sum((r - mean) ** 2 for r in rates) / len(rates), mean, length)
+            dispersions.append((length, index))
+        arrival_cv = math.sqrt(dispersions[0][1]) if dispersions[0][1] is not None else 1.0
     g = bisect_right(gauge_t, seen) - 1
     return Observations(
         time=now,
@@ -427,6 +456,7 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
         service_time=service,
         service_samples=samples,
         arrival_cv=arrival_cv,
+        arrival_dispersion=tuple(dispersions),
         service_cv=service_cv,
         prefill_time=prefill,
         waiting=float(gauge_wait[g]) if g >= 0 else None,
