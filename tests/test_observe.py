@@ -301,6 +301,30 @@ def test_cold_start_is_the_slowest_recent_creation_to_ready():
     assert observe.cold_start_seconds([pods[2]]) is None
 
 
+def test_cold_start_counts_real_creations_not_ready_flaps_after_an_outage():
+    """Issue 15: after an apiserver outage the pods' Ready condition flapped and the cold start read 4,612 s."""
+    cold_starts, key = observe.ColdStarts(), ("ns", "p")
+    loading = [pod("a", "2025-01-01T10:00:00Z"), pod("b", "2025-01-01T10:00:01Z")]
+    assert cold_starts.measure(key, loading) is None  # loading: nothing measured yet
+    ready = [pod("a", "2025-01-01T10:00:00Z", "2025-01-01T10:00:06Z"),
+             pod("b", "2025-01-01T10:00:01Z", "2025-01-01T10:00:08Z")]
+    assert cold_starts.measure(key, ready) == 7.0
+    # the node flaps: NotReady, then Ready again 4,600 s after creation; the measured figure stays
+    flapped = [pod("a", "2025-01-01T10:00:00Z"), pod("b", "2025-01-01T10:00:01Z", "2025-01-01T11:16:53Z")]
+    assert cold_starts.measure(key, flapped) == 7.0
+    again = [pod("a", "2025-01-01T10:00:00Z", "2025-01-01T11:16:52Z"), flapped[1]]
+    assert cold_starts.measure(key, again) == 7.0
+    assert observe.cold_start_seconds(again) > 4000  # what the stateless reading said
+    # a pod already Ready when first seen (a restarted operator) is not a measured creation
+    assert observe.ColdStarts().measure(key, again) is None
+    # a new pod seen loading then Ready is measured; a pod gone is forgotten
+    new = pod("c", "2025-01-01T12:00:00Z")
+    cold_starts.measure(key, [new])
+    assert cold_starts.measure(key, [pod("c", "2025-01-01T12:00:00Z", "2025-01-01T12:00:30Z")]) == 30.0
+    cold_starts.forget(key)
+    assert cold_starts.measure(key, again) is None
+
+
 def test_unschedulable_pods_with_the_scheduler_message():
     message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
     pods = [

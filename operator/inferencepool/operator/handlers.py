@@ -121,6 +121,7 @@ class Operator:
         self.kube = kube
         self.metrics = metrics
         self.running = running or drain.RunningReader(config.prometheus_url, config.query)
+        self.cold_starts = observe.ColdStarts()  # only pods seen cold-starting: Ready flaps are no cold start
 
     # ------------------------------------------------------------ helpers
 
@@ -197,7 +198,7 @@ class Operator:
         now = time.time()
         pods = self.kube.pods(namespace, name)
         stuck = observe.unschedulable_pods(pods)
-        cold_start = observe.cold_start_seconds(pods) or status.get("coldStartSeconds")
+        cold_start = self.cold_starts.measure((namespace, name), pods) or status.get("coldStartSeconds")
         live_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
         last_desired = status.get("desiredReplicas")
         hand_edited = (
@@ -270,6 +271,7 @@ class Operator:
         delete the rest)."""
         self.metrics.forget(body.metadata.namespace, body.metadata.name)
         self.reader.forget(body.metadata.namespace, body.metadata.name)  # its per-token-time history
+        self.cold_starts.forget((body.metadata.namespace, body.metadata.name))
 
     # ------------------------------------------------------------ reporting
 

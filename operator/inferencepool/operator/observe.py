@@ -552,6 +552,48 @@ def cold_start_seconds(pods: Iterable[Mapping], recent: int = 5) -> float | None
     return max((seconds for _, seconds in newest), default=None)
 
 
+class ColdStarts:
+    """Creation -> Ready times of the pods this operator saw cold-starting, per pool (issue 15).
+
+    A pod's Ready condition is re-set whenever its node flaps (a node NotReady after an apiserver outage),
+    and a later lastTransitionTime read as a cold start made one jump from 6 s to 4,612 s. So only a pod
+    first seen not Ready is measured, once, at the first tick that sees it Ready; a pod first seen Ready
+    (a restarted operator) is not measured (status.coldStartSeconds carries the last figure over).
+    Memory: the pods of the last listing only.
+    """
+
+    def __init__(self):
+        self._pods: dict[PoolKey, dict[str, float | str]] = {}  # uid -> seconds, "cold" or "warm"
+
+    def measure(self, key: PoolKey, pods: Iterable[Mapping], recent: int = 5) -> float | None:
+        """The longest measured cold start among the `recent` newest measured pods, None if none."""
+        seen, now_seen, starts = self._pods.get(key, {}), {}, []
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            uid = meta.get("uid") or meta.get("name")
+            before = seen.get(uid)
+            if before is None:  # first sighting: only a pod not Ready yet is cold-starting under our eyes
+                now_seen[uid] = "warm" if _is_ready(pod) else "cold"
+            elif before == "cold" and _is_ready(pod):
+                measured = cold_start_seconds([pod])
+                now_seen[uid] = "warm" if measured is None else measured
+            else:  # still cold, or measured / warm for good: later Ready flaps change nothing
+                now_seen[uid] = before
+            if isinstance(now_seen[uid], float):
+                starts.append((_timestamp(meta.get("creationTimestamp")) or 0.0, now_seen[uid]))
+        self._pods[key] = now_seen
+        newest = sorted(starts, reverse=True)[:recent]
+        return max((seconds for _, seconds in newest), default=None)
+
+    def forget(self, key: PoolKey) -> None:
+        self._pods.pop(key, None)
+
+
+def _is_ready(pod: Mapping) -> bool:
+    ready = _condition(pod, "Ready")
+    return bool(ready and ready.get("status") == "True")
+
+
 def unschedulable_pods(pods: Iterable[Mapping]) -> list[tuple[str, str]]:
     """(pod name, scheduler message) for pods Pending because no node fits (typically: no free GPU)."""
     stuck = []
