@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -371,6 +372,62 @@ def test_reader_failure_is_reported_and_cached():
         with pytest.raises(observe.PrometheusUnavailable, match="connection refused"):
             reader.read()
     assert len(client.calls) == 1 and errors == ["scrape_spacing"]
+
+
+def test_a_hanging_read_does_not_hold_other_pools_waiting():
+    """Issue 15: pools waiting on one hanging Prometheus held every handler thread. A waiter now gives up
+    after reader.wait and takes the previous answer, or a PrometheusUnavailable naming the wait."""
+    import threading
+
+    release = threading.Event()
+
+    class Hanging(FakeClient):
+        hang = False
+
+        def custom_query(self, query):
+            if self.hang:
+                release.wait(10)
+            return super().custom_query(query)
+
+    client, now = Hanging(canned()), [0.0]
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: now[0])
+    reader.wait = 0.2
+
+    def while_one_read_hangs(check):
+        release.clear()
+        client.hang = True
+        first = threading.Thread(target=reader.read)
+        first.start()
+        time.sleep(0.1)
+        try:
+            check()
+        finally:
+            release.set()
+            first.join(5)
+        client.hang = False
+
+    def nothing_read_yet():
+        with pytest.raises(observe.PrometheusUnavailable, match="has not answered a read for over 0.2s"):
+            reader.read()
+
+    while_one_read_hangs(nothing_read_yet)
+    now[0] = 10.0  # a good answer is cached (by the read that hung), now expired: the next read hangs
+    while_one_read_hangs(lambda: observe.find(reader.read(), "serving", "llama").arrival_rate == pytest.approx(3.5)
+                         or pytest.fail("the previous answer was not returned"))
+
+
+def test_a_read_gives_up_past_its_budget():
+    now = [0.0]
+
+    class Slow(FakeClient):
+        def custom_query(self, query):
+            now[0] += 5.0  # each query answers after 5 s
+            return super().custom_query(query)
+
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: Slow(canned()), clock=lambda: now[0])
+    with pytest.raises(observe.PrometheusUnavailable, match="answered too slowly"):
+        reader.read()
+    assert now[0] <= observe.READ_BUDGET_SECONDS + 5.0  # it stopped asking
 
 
 def test_a_pool_with_targets_but_no_vllm_series_is_present_without_samples():

@@ -620,6 +620,10 @@ def _connect(url: str):
     return PrometheusConnect(url=url, retry=Retry(total=1, backoff_factor=0.2), timeout=10)
 
 
+MAX_WAIT_SECONDS = 2.0  # how long a pool waits for another pool's read of the same Prometheus
+READ_BUDGET_SECONDS = 30.0  # one batched read gives up past this (a Prometheus answering each query slowly)
+
+
 class PrometheusReader:
     """Reads all pools' signals once per `ttl` seconds per (Prometheus URL, matchers) and shares the answer.
 
@@ -643,6 +647,7 @@ class PrometheusReader:
         self._connect = connect
         self._clock = clock
         self._on_error = on_error
+        self.wait = min(ttl, MAX_WAIT_SECONDS)
         self._lock = threading.Lock()
         self._locks: dict[tuple, threading.Lock] = {}
         self._cache: dict[tuple, tuple[float, object]] = {}
@@ -692,12 +697,21 @@ class PrometheusReader:
     def _cached(self, key: tuple, fetch: Callable[[], object], keep_answers: bool = False):
         with self._lock:
             key_lock = self._locks.setdefault(key, threading.Lock())
-        with key_lock:
-            cached = self._cache.get(key)
-            expired = cached is not None and self._clock() - cached[0] >= self.ttl
-            if cached is None or (expired and not (keep_answers and not isinstance(cached[1], Exception))):
-                cached = (self._clock(), fetch())
-                self._cache[key] = cached
+        # A pool waits for another pool's read of the same Prometheus only briefly: each waiter holds one of
+        # kopf's few handler threads, and waiters on a hanging Prometheus starved the pools of a healthy one
+        # (issue 15). Past the wait it takes the previous answer (its sample times say how old it is).
+        if not key_lock.acquire(timeout=self.wait):
+            cached = self._cache.get(key) or (0.0, PrometheusUnavailable(
+                f"Prometheus at {key[1]} has not answered a read for over {self.wait:g}s"))
+        else:
+            try:
+                cached = self._cache.get(key)
+                expired = cached is not None and self._clock() - cached[0] >= self.ttl
+                if cached is None or (expired and not (keep_answers and not isinstance(cached[1], Exception))):
+                    cached = (self._clock(), fetch())
+                    self._cache[key] = cached
+            finally:
+                key_lock.release()
         if isinstance(cached[1], Exception):
             raise cached[1]
         return cached[1]
@@ -726,7 +740,12 @@ class PrometheusReader:
         return pools
 
     def _fetch(self, url: str, matchers: str) -> Pools | Exception:
+        started = self._clock()
+
         def ask(name: str, promql: str):
+            if self._clock() - started > READ_BUDGET_SECONDS:
+                raise PrometheusUnavailable(f"Prometheus at {url} answered too slowly: the read took over "
+                                            f"{READ_BUDGET_SECONDS:g}s before {name}")
             try:
                 return self._client(url).custom_query(promql)
             except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash
