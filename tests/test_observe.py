@@ -682,3 +682,25 @@ def test_the_reader_keeps_a_bounded_spaced_history_of_pairs_and_decide_sizes_wit
     small.forget("serving", "llama")  # a deleted pool's history goes; a new one starts afresh
     now[0] += 31
     assert observe.find(small.read(), "serving", "llama").token_time_points == ((5.0, 0.01),)
+
+
+def test_an_answer_over_the_cap_is_refused_before_it_is_read_whole():
+    import io
+
+    class Raw(io.BytesIO):
+        def read(self, amount=-1, decode_content=True):
+            return super().read(amount)
+
+    class Response:
+        def __init__(self, size):
+            self.raw, self.closed = Raw(b"x" * size), False
+
+        def close(self):
+            self.closed = True
+
+    small = observe._bounded(Response(1000))
+    assert small._content == b"x" * 1000
+    big = Response(observe.MAX_ANSWER_BYTES + 10)
+    with pytest.raises(ValueError, match="over 50 MB"):
+        observe._bounded(big)
+    assert big.closed and big.raw.tell() == observe.MAX_ANSWER_BYTES + 1  # read no further than the cap

@@ -617,7 +617,25 @@ def _connect(url: str):
     from prometheus_api_client import PrometheusConnect
     from urllib3.util.retry import Retry
 
-    return PrometheusConnect(url=url, retry=Retry(total=1, backoff_factor=0.2), timeout=10)
+    client = PrometheusConnect(url=url, retry=Retry(total=1, backoff_factor=0.2), timeout=10)
+    client._session.hooks["response"].append(_bounded)  # the client's own requests.Session
+    return client
+
+
+MAX_ANSWER_BYTES = 50 * 2**20  # a 300-pool answer is ~1 MB; a 100 MB one is broken, and would sit in memory
+
+
+def _bounded(response, **_):
+    """Read the body at most MAX_ANSWER_BYTES (decompressed) far, refusing a larger one (issue 15).
+
+    A requests response hook runs before the body is read (requests.Session.send), so the cap holds
+    whatever Content-Length says, or without one."""
+    body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+    if len(body) > MAX_ANSWER_BYTES:
+        response.close()
+        raise ValueError(f"the answer is over {MAX_ANSWER_BYTES // 2**20} MB (a broken or hostile Prometheus)")
+    response._content, response._content_consumed = body, True
+    return response
 
 
 MAX_WAIT_SECONDS = 2.0  # how long a pool waits for another pool's read of the same Prometheus
