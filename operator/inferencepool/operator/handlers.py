@@ -330,5 +330,6 @@ def register(registry: kopf.OperatorRegistry, operator: Operator, interval: floa
     kopf.on.create(*RESOURCE, id="create-workload", registry=registry)(operator.ensure)
     kopf.on.resume(*RESOURCE, id="resume-workload", registry=registry)(operator.ensure)
     kopf.on.update(*RESOURCE, id="update-workload", field="spec", registry=registry)(operator.ensure)
-    kopf.timer(*RESOURCE, id="autoscale", interval=interval, registry=registry)(operator.autoscale)
+    # A failed tick (the apiserver down) is retried after one interval, not kopf's default 60 s, for ever.
+    kopf.timer(*RESOURCE, id="autoscale", interval=interval, backoff=interval, registry=registry)(operator.autoscale)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry)(operator.forget)
