@@ -128,6 +128,7 @@ class Operator:
     def _parse(self, body, status: Mapping, patch) -> pool_spec.PoolConfig | None:
         """The pool's config, or None after reporting InvalidSpec in status (and once as an Event)."""
         try:
+            pool_spec.check_name(body.metadata.name)
             return pool_spec.parse(body.get("spec") or {})
         except pool_spec.SpecError as error:
             previous = status.get("conditions")

@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from inferencepool.operator import logs
 
     logs.configure(args.log_format, args.log_level)
+    logs.post_failures()
     log = logs.get("inferencepool.operator.run")
     try:
         _load_kube_config(args.kubeconfig)
