@@ -34,3 +34,9 @@ def test_a_failed_tick_is_retried_after_one_interval_for_ever(built):
     registry, _ = built
     timers = [h for h in registry._spawning.get_all_handlers() if getattr(h, "interval", None)]
     assert [(h.id, h.interval, h.backoff, h.retries) for h in timers] == [("autoscale", 7.0, 7.0, None)]
+
+
+def test_a_failed_create_update_or_resume_is_retried_after_one_interval(built):
+    registry, _ = built
+    handlers = {h.id: h.backoff for h in registry._changing.get_all_handlers()}
+    assert handlers == {"create-workload": 7.0, "resume-workload": 7.0, "update-workload/spec": 7.0, "forget": None}

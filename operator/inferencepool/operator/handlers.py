@@ -328,9 +328,9 @@ class Operator:
 
 def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float) -> None:
     """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag)."""
-    kopf.on.create(*RESOURCE, id="create-workload", registry=registry)(operator.ensure)
-    kopf.on.resume(*RESOURCE, id="resume-workload", registry=registry)(operator.ensure)
-    kopf.on.update(*RESOURCE, id="update-workload", field="spec", registry=registry)(operator.ensure)
-    # A failed tick (the apiserver down) is retried after one interval, not kopf's default 60 s, for ever.
+    # A failed handler (the apiserver down, a quota) is retried after one interval, not kopf's default 60 s.
+    kopf.on.create(*RESOURCE, id="create-workload", backoff=interval, registry=registry)(operator.ensure)
+    kopf.on.resume(*RESOURCE, id="resume-workload", backoff=interval, registry=registry)(operator.ensure)
+    kopf.on.update(*RESOURCE, id="update-workload", field="spec", backoff=interval, registry=registry)(operator.ensure)
     kopf.timer(*RESOURCE, id="autoscale", interval=interval, backoff=interval, registry=registry)(operator.autoscale)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry)(operator.forget)
