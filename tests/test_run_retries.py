@@ -40,3 +40,13 @@ def test_a_failed_create_update_or_resume_is_retried_after_one_interval(built):
     registry, _ = built
     handlers = {h.id: h.backoff for h in registry._changing.get_all_handlers()}
     assert handlers == {"create-workload": 7.0, "resume-workload": 7.0, "update-workload/spec": 7.0, "forget": None}
+
+
+def test_replicas_started_alike_get_distinct_peering_priorities():
+    """kopf pauses an operator that sees a peer of its own priority: two chart replicas at 0 both paused."""
+    drawn = {run.peering_priority(None) for _ in range(50)}
+    assert len(drawn) == 50 and min(drawn) >= 1
+    assert run.peering_priority(7) == 7 and run.peering_priority(0) == 0
+    args = run.configure_parser(argparse.ArgumentParser()).parse_args(["--peering", "p"])
+    assert args.priority is None  # so the random default applies
+

@@ -11,6 +11,7 @@ import argparse
 import itertools
 import logging
 import os
+import random
 import sys
 
 DEFAULT_PROMETHEUS = os.environ.get("INFERENCEPOOL_PROMETHEUS_URL", "http://localhost:9090")
@@ -61,7 +62,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--peering", metavar="NAME",
                         help="run with kopf peering under this name, for more than one operator replica")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica (default %(default)s)")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority of this replica (default: a random one, so that of replicas started "
+                             "alike exactly one acts: kopf pauses every operator that sees one of the same priority)")
     parser.set_defaults(handler=run)
     return parser
 
@@ -112,8 +115,15 @@ def build(args: argparse.Namespace):
     settings.peering.standalone = not args.peering
     if args.peering:
         settings.peering.name = args.peering
-        settings.peering.priority = args.priority
+        settings.peering.priority = peering_priority(args.priority)
+        settings.peering.mandatory = True  # no peering object: fail, rather than act beside the other replicas
     return registry, settings, operator, metrics
+
+
+def peering_priority(given: int | None) -> int:
+    """--priority, else a random one (issue 15: the chart's two replicas both ran at priority 0, and kopf
+    pauses an operator that sees a peer of the same priority, so neither acted)."""
+    return given if given is not None else random.SystemRandom().randint(1, 2**31 - 1)
 
 
 class ApiBackoffs:
@@ -178,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         standalone=not args.peering,
         peering_name=args.peering,
-        priority=args.priority,
+        priority=settings.peering.priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
     )
