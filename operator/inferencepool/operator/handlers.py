@@ -326,11 +326,15 @@ class Operator:
         )
 
 
-def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float) -> None:
-    """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag)."""
+def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float,
+             initial_delay: float | None = None) -> None:
+    """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag). With peering, the
+    first tick waits `initial_delay`, so that a replica that just started does not write beside one that
+    has not yet seen it and paused (two ScaledUp Events for one scale, issue 15)."""
     # A failed handler (the apiserver down, a quota) is retried after one interval, not kopf's default 60 s.
     kopf.on.create(*RESOURCE, id="create-workload", backoff=interval, registry=registry)(operator.ensure)
     kopf.on.resume(*RESOURCE, id="resume-workload", backoff=interval, registry=registry)(operator.ensure)
     kopf.on.update(*RESOURCE, id="update-workload", field="spec", backoff=interval, registry=registry)(operator.ensure)
-    kopf.timer(*RESOURCE, id="autoscale", interval=interval, backoff=interval, registry=registry)(operator.autoscale)
+    kopf.timer(*RESOURCE, id="autoscale", interval=interval, backoff=interval, initial_delay=initial_delay,
+               registry=registry)(operator.autoscale)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry)(operator.forget)

@@ -103,7 +103,7 @@ def build(args: argparse.Namespace):
     operator = handlers.Operator(config, reader, handlers.Kube(), metrics)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
-    handlers.register(registry, operator, config.interval)
+    handlers.register(registry, operator, config.interval, initial_delay=config.interval if args.peering else None)
 
     settings = kopf.OperatorSettings()
     prefix = "autoscaling.inferencepool.dev"
