@@ -52,7 +52,10 @@ def restart(cluster, component: str, down_seconds: float) -> float:
 
 
 def apiserver_ready(cluster) -> bool:
-    r = cluster.kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+    try:
+        r = cluster.kubectl("get", "--raw", "/readyz", check=False, timeout=20)
+    except subprocess.TimeoutExpired:  # a busy box: not ready yet
+        return False
     return r.returncode == 0 and r.stdout.strip() == "ok"
 
 
@@ -135,8 +138,11 @@ def test_apiserver_and_etcd_restarts_lose_nothing_and_leave_no_pool_behind(clust
         assert get_pool(cluster, namespace, n)["status"]["desiredReplicas"] == expected
     log = op.log_path.read_text()
     report["api_retries_logged"] = log.count("failed; will retry")
-    report["escalated"] = log.count("escalating")
+    escalated = [line for line in log.splitlines() if "escalating" in line]
+    # Events are best effort (kopf's own 9 posting attempts, then dropped); everything else must retry on
+    report["events_dropped"] = sum(1 for line in escalated if "/events ->" in line)
+    report["escalated"] = len(escalated) - report["events_dropped"]
     print(json.dumps(report, indent=1))
     if os.environ.get("IPOOL_CHAOS_REPORT"):
         Path(os.environ["IPOOL_CHAOS_REPORT"]).write_text(json.dumps(report, indent=1))
-    assert report["escalated"] == 0, "kopf gave up on an API request"
+    assert report["escalated"] == 0, "kopf gave up on an API request other than an Event"

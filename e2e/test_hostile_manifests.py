@@ -124,7 +124,9 @@ def test_hostile_manifests_are_refused_naming_the_field_or_handled_without_a_tra
     def handled():
         return all(get_pool(cluster, namespace, n).get("status", {}).get("conditions") for n in accepted)
 
-    cluster.wait_until(handled, timeout=180, interval=2, desc=f"a status on all {len(accepted)} accepted pools")
+    print(json.dumps(seen, indent=1))  # the counts, before the wait
+    cluster.wait_until(handled, timeout=180 + 5 * len(accepted), interval=2,
+                       desc=f"a status on all {len(accepted)} accepted pools")
     invalid = sum(1 for n in accepted
                   if conditions(get_pool(cluster, namespace, n)).get("Ready", {}).get("reason") == "InvalidSpec")
     log = op.log_path.read_text()
