@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 import math
+import time
 
 import numpy as np
 import pytest
@@ -323,6 +324,30 @@ def test_cold_start_is_the_slowest_recent_creation_to_ready():
     assert observe.cold_start_seconds([pods[2]]) is None
 
 
+def test_cold_start_counts_real_creations_not_ready_flaps_after_an_outage():
+    """Issue 15: after an apiserver outage the pods' Ready condition flapped and the cold start read 4,612 s."""
+    cold_starts, key = observe.ColdStarts(), ("ns", "p")
+    loading = [pod("a", "2025-01-01T10:00:00Z"), pod("b", "2025-01-01T10:00:01Z")]
+    assert cold_starts.measure(key, loading) is None  # loading: nothing measured yet
+    ready = [pod("a", "2025-01-01T10:00:00Z", "2025-01-01T10:00:06Z"),
+             pod("b", "2025-01-01T10:00:01Z", "2025-01-01T10:00:08Z")]
+    assert cold_starts.measure(key, ready) == 7.0
+    # the node flaps: NotReady, then Ready again 4,600 s after creation; the measured figure stays
+    flapped = [pod("a", "2025-01-01T10:00:00Z"), pod("b", "2025-01-01T10:00:01Z", "2025-01-01T11:16:53Z")]
+    assert cold_starts.measure(key, flapped) == 7.0
+    again = [pod("a", "2025-01-01T10:00:00Z", "2025-01-01T11:16:52Z"), flapped[1]]
+    assert cold_starts.measure(key, again) == 7.0
+    assert observe.cold_start_seconds(again) > 4000  # what the stateless reading said
+    # a pod already Ready when first seen (a restarted operator) is not a measured creation
+    assert observe.ColdStarts().measure(key, again) is None
+    # a new pod seen loading then Ready is measured; a pod gone is forgotten
+    new = pod("c", "2025-01-01T12:00:00Z")
+    cold_starts.measure(key, [new])
+    assert cold_starts.measure(key, [pod("c", "2025-01-01T12:00:00Z", "2025-01-01T12:00:30Z")]) == 30.0
+    cold_starts.forget(key)
+    assert cold_starts.measure(key, again) is None
+
+
 def test_unschedulable_pods_with_the_scheduler_message():
     message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
     pods = [
@@ -369,6 +394,62 @@ def test_reader_failure_is_reported_and_cached():
         with pytest.raises(observe.PrometheusUnavailable, match="connection refused"):
             reader.read()
     assert len(client.calls) == 1 and errors == ["scrape_spacing"]
+
+
+def test_a_hanging_read_does_not_hold_other_pools_waiting():
+    """Issue 15: pools waiting on one hanging Prometheus held every handler thread. A waiter now gives up
+    after reader.wait and takes the previous answer, or a PrometheusUnavailable naming the wait."""
+    import threading
+
+    release = threading.Event()
+
+    class Hanging(FakeClient):
+        hang = False
+
+        def custom_query(self, query):
+            if self.hang:
+                release.wait(10)
+            return super().custom_query(query)
+
+    client, now = Hanging(canned()), [0.0]
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: client, clock=lambda: now[0])
+    reader.wait = 0.2
+
+    def while_one_read_hangs(check):
+        release.clear()
+        client.hang = True
+        first = threading.Thread(target=reader.read)
+        first.start()
+        time.sleep(0.1)
+        try:
+            check()
+        finally:
+            release.set()
+            first.join(5)
+        client.hang = False
+
+    def nothing_read_yet():
+        with pytest.raises(observe.PrometheusUnavailable, match="has not answered a read for over 0.2s"):
+            reader.read()
+
+    while_one_read_hangs(nothing_read_yet)
+    now[0] = 10.0  # a good answer is cached (by the read that hung), now expired: the next read hangs
+    while_one_read_hangs(lambda: observe.find(reader.read(), "serving", "llama").arrival_rate == pytest.approx(3.5)
+                         or pytest.fail("the previous answer was not returned"))
+
+
+def test_a_read_gives_up_past_its_budget():
+    now = [0.0]
+
+    class Slow(FakeClient):
+        def custom_query(self, query):
+            now[0] += 5.0  # each query answers after 5 s
+            return super().custom_query(query)
+
+    reader = observe.PrometheusReader("http://prom", S, ttl=5, connect=lambda url: Slow(canned()), clock=lambda: now[0])
+    with pytest.raises(observe.PrometheusUnavailable, match="answered too slowly"):
+        reader.read()
+    assert now[0] <= observe.READ_BUDGET_SECONDS + 5.0  # it stopped asking
 
 
 def test_a_pool_with_targets_but_no_vllm_series_is_present_without_samples():
@@ -656,3 +737,25 @@ def test_kv_capacity_from_cache_config_info_caps_the_slots():
     decision = policy.decide(policy.PoolSpec(slots_per_replica=16, slo_target_seconds=2.0), obs)
     assert decision.capacity.slots == 4 and decision.capacity.limited_by == "kv_cache"
     assert "4 effective slots per replica (kv_cache)" in decision.reason
+
+
+def test_an_answer_over_the_cap_is_refused_before_it_is_read_whole():
+    import io
+
+    class Raw(io.BytesIO):
+        def read(self, amount=-1, decode_content=True):
+            return super().read(amount)
+
+    class Response:
+        def __init__(self, size):
+            self.raw, self.closed = Raw(b"x" * size), False
+
+        def close(self):
+            self.closed = True
+
+    small = observe._bounded(Response(1000))
+    assert small._content == b"x" * 1000
+    big = Response(observe.MAX_ANSWER_BYTES + 10)
+    with pytest.raises(ValueError, match="over 50 MB"):
+        observe._bounded(big)
+    assert big.closed and big.raw.tell() == observe.MAX_ANSWER_BYTES + 1  # read no further than the cap

@@ -342,5 +342,6 @@ def _ready_message(status: Mapping | None) -> str | None:
 
 
 def register(registry: kopf.OperatorRegistry, handlers: BudgetHandlers, interval: float) -> None:
-    kopf.timer(*RESOURCE, id="budget", interval=interval, registry=registry)(handlers.reconcile)
+    # A failed round (the apiserver down) is retried after one interval, as the pools' ticks are (handlers.py).
+    kopf.timer(*RESOURCE, id="budget", interval=interval, backoff=interval, registry=registry)(handlers.reconcile)
     kopf.on.delete(*RESOURCE, id="forget-budget", optional=True, registry=registry)(handlers.forget)

@@ -123,12 +123,14 @@ class Operator:
         self.metrics = metrics
         self.running = running or drain.RunningReader(config.prometheus_url, config.query)
         self.budgets = budgets or BudgetBook()  # GPUBudgets shared with their timers (operator/budget.py)
+        self.cold_starts = observe.ColdStarts()  # only pods seen cold-starting: Ready flaps are no cold start
 
     # ------------------------------------------------------------ helpers
 
     def _parse(self, body, status: Mapping, patch) -> pool_spec.PoolConfig | None:
         """The pool's config, or None after reporting InvalidSpec in status (and once as an Event)."""
         try:
+            pool_spec.check_name(body.metadata.name)
             return pool_spec.parse(body.get("spec") or {})
         except pool_spec.SpecError as error:
             previous = status.get("conditions")
@@ -199,7 +201,7 @@ class Operator:
         now = time.time()
         pods = self.kube.pods(namespace, name)
         stuck = observe.unschedulable_pods(pods)
-        cold_start = observe.cold_start_seconds(pods) or status.get("coldStartSeconds")
+        cold_start = self.cold_starts.measure((namespace, name), pods) or status.get("coldStartSeconds")
         live_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
         last_desired = status.get("desiredReplicas")
         advisory = config.mode == modes.ADVISORY  # decide and report; never set the replicas
@@ -289,6 +291,7 @@ class Operator:
         delete the rest)."""
         self.metrics.forget(body.metadata.namespace, body.metadata.name)
         self.reader.forget(body.metadata.namespace, body.metadata.name)  # its per-token-time history
+        self.cold_starts.forget((body.metadata.namespace, body.metadata.name))
 
     # ------------------------------------------------------------ reporting
 
@@ -346,10 +349,15 @@ class Operator:
         )
 
 
-def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float) -> None:
-    """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag)."""
-    kopf.on.create(*RESOURCE, id="create-workload", registry=registry)(operator.ensure)
-    kopf.on.resume(*RESOURCE, id="resume-workload", registry=registry)(operator.ensure)
-    kopf.on.update(*RESOURCE, id="update-workload", field="spec", registry=registry)(operator.ensure)
-    kopf.timer(*RESOURCE, id="autoscale", interval=interval, registry=registry)(operator.autoscale)
+def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float,
+             initial_delay: float | None = None) -> None:
+    """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag). With peering, the
+    first tick waits `initial_delay`, so that a replica that just started does not write beside one that
+    has not yet seen it and paused (two ScaledUp Events for one scale, issue 15)."""
+    # A failed handler (the apiserver down, a quota) is retried after one interval, not kopf's default 60 s.
+    kopf.on.create(*RESOURCE, id="create-workload", backoff=interval, registry=registry)(operator.ensure)
+    kopf.on.resume(*RESOURCE, id="resume-workload", backoff=interval, registry=registry)(operator.ensure)
+    kopf.on.update(*RESOURCE, id="update-workload", field="spec", backoff=interval, registry=registry)(operator.ensure)
+    kopf.timer(*RESOURCE, id="autoscale", interval=interval, backoff=interval, initial_delay=initial_delay,
+               registry=registry)(operator.autoscale)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry)(operator.forget)

@@ -638,6 +638,48 @@ def cold_start_seconds(pods: Iterable[Mapping], recent: int = 5) -> float | None
     return max((seconds for _, seconds in newest), default=None)
 
 
+class ColdStarts:
+    """Creation -> Ready times of the pods this operator saw cold-starting, per pool (issue 15).
+
+    A pod's Ready condition is re-set whenever its node flaps (a node NotReady after an apiserver outage),
+    and a later lastTransitionTime read as a cold start made one jump from 6 s to 4,612 s. So only a pod
+    first seen not Ready is measured, once, at the first tick that sees it Ready; a pod first seen Ready
+    (a restarted operator) is not measured (status.coldStartSeconds carries the last figure over).
+    Memory: the pods of the last listing only.
+    """
+
+    def __init__(self):
+        self._pods: dict[PoolKey, dict[str, float | str]] = {}  # uid -> seconds, "cold" or "warm"
+
+    def measure(self, key: PoolKey, pods: Iterable[Mapping], recent: int = 5) -> float | None:
+        """The longest measured cold start among the `recent` newest measured pods, None if none."""
+        seen, now_seen, starts = self._pods.get(key, {}), {}, []
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            uid = meta.get("uid") or meta.get("name")
+            before = seen.get(uid)
+            if before is None:  # first sighting: only a pod not Ready yet is cold-starting under our eyes
+                now_seen[uid] = "warm" if _is_ready(pod) else "cold"
+            elif before == "cold" and _is_ready(pod):
+                measured = cold_start_seconds([pod])
+                now_seen[uid] = "warm" if measured is None else measured
+            else:  # still cold, or measured / warm for good: later Ready flaps change nothing
+                now_seen[uid] = before
+            if isinstance(now_seen[uid], float):
+                starts.append((_timestamp(meta.get("creationTimestamp")) or 0.0, now_seen[uid]))
+        self._pods[key] = now_seen
+        newest = sorted(starts, reverse=True)[:recent]
+        return max((seconds for _, seconds in newest), default=None)
+
+    def forget(self, key: PoolKey) -> None:
+        self._pods.pop(key, None)
+
+
+def _is_ready(pod: Mapping) -> bool:
+    ready = _condition(pod, "Ready")
+    return bool(ready and ready.get("status") == "True")
+
+
 def unschedulable_pods(pods: Iterable[Mapping]) -> list[tuple[str, str]]:
     """(pod name, scheduler message) for pods Pending because no node fits (typically: no free GPU)."""
     stuck = []
@@ -661,7 +703,29 @@ def _connect(url: str):
     from prometheus_api_client import PrometheusConnect
     from urllib3.util.retry import Retry
 
-    return PrometheusConnect(url=url, retry=Retry(total=1, backoff_factor=0.2), timeout=10)
+    client = PrometheusConnect(url=url, retry=Retry(total=1, backoff_factor=0.2), timeout=10)
+    client._session.hooks["response"].append(_bounded)  # the client's own requests.Session
+    return client
+
+
+MAX_ANSWER_BYTES = 50 * 2**20  # a 300-pool answer is ~1 MB; a 100 MB one is broken, and would sit in memory
+
+
+def _bounded(response, **_):
+    """Read the body at most MAX_ANSWER_BYTES (decompressed) far, refusing a larger one (issue 15).
+
+    A requests response hook runs before the body is read (requests.Session.send), so the cap holds
+    whatever Content-Length says, or without one."""
+    body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+    if len(body) > MAX_ANSWER_BYTES:
+        response.close()
+        raise ValueError(f"the answer is over {MAX_ANSWER_BYTES // 2**20} MB (a broken or hostile Prometheus)")
+    response._content, response._content_consumed = body, True
+    return response
+
+
+MAX_WAIT_SECONDS = 2.0  # how long a pool waits for another pool's read of the same Prometheus
+READ_BUDGET_SECONDS = 30.0  # one batched read gives up past this (a Prometheus answering each query slowly)
 
 
 class PrometheusReader:
@@ -687,6 +751,7 @@ class PrometheusReader:
         self._connect = connect
         self._clock = clock
         self._on_error = on_error
+        self.wait = min(ttl, MAX_WAIT_SECONDS)
         self._lock = threading.Lock()
         self._locks: dict[tuple, threading.Lock] = {}
         self._cache: dict[tuple, tuple[float, object]] = {}
@@ -736,12 +801,21 @@ class PrometheusReader:
     def _cached(self, key: tuple, fetch: Callable[[], object], keep_answers: bool = False):
         with self._lock:
             key_lock = self._locks.setdefault(key, threading.Lock())
-        with key_lock:
-            cached = self._cache.get(key)
-            expired = cached is not None and self._clock() - cached[0] >= self.ttl
-            if cached is None or (expired and not (keep_answers and not isinstance(cached[1], Exception))):
-                cached = (self._clock(), fetch())
-                self._cache[key] = cached
+        # A pool waits for another pool's read of the same Prometheus only briefly: each waiter holds one of
+        # kopf's few handler threads, and waiters on a hanging Prometheus starved the pools of a healthy one
+        # (issue 15). Past the wait it takes the previous answer (its sample times say how old it is).
+        if not key_lock.acquire(timeout=self.wait):
+            cached = self._cache.get(key) or (0.0, PrometheusUnavailable(
+                f"Prometheus at {key[1]} has not answered a read for over {self.wait:g}s"))
+        else:
+            try:
+                cached = self._cache.get(key)
+                expired = cached is not None and self._clock() - cached[0] >= self.ttl
+                if cached is None or (expired and not (keep_answers and not isinstance(cached[1], Exception))):
+                    cached = (self._clock(), fetch())
+                    self._cache[key] = cached
+            finally:
+                key_lock.release()
         if isinstance(cached[1], Exception):
             raise cached[1]
         return cached[1]
@@ -770,7 +844,12 @@ class PrometheusReader:
         return pools
 
     def _fetch(self, url: str, matchers: str) -> Pools | Exception:
+        started = self._clock()
+
         def ask(name: str, promql: str):
+            if self._clock() - started > READ_BUDGET_SECONDS:
+                raise PrometheusUnavailable(f"Prometheus at {url} answered too slowly: the read took over "
+                                            f"{READ_BUDGET_SECONDS:g}s before {name}")
             try:
                 return self._client(url).custom_query(promql)
             except Exception as error:  # noqa: BLE001 - any failure means "no metrics", never a crash

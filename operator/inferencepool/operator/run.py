@@ -8,8 +8,10 @@ replicas only one acts (needs crds/kopf-peering.yaml).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
+import random
 import sys
 
 DEFAULT_PROMETHEUS = os.environ.get("INFERENCEPOOL_PROMETHEUS_URL", "http://localhost:9090")
@@ -60,7 +62,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--peering", metavar="NAME",
                         help="run with kopf peering under this name, for more than one operator replica")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica (default %(default)s)")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority of this replica (default: a random one, so that of replicas started "
+                             "alike exactly one acts: kopf pauses every operator that sees one of the same priority)")
     parser.set_defaults(handler=run)
     return parser
 
@@ -100,7 +104,7 @@ def build(args: argparse.Namespace):
     operator = handlers.Operator(config, reader, handlers.Kube(), metrics, budgets=budgets)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
-    handlers.register(registry, operator, config.interval)
+    handlers.register(registry, operator, config.interval, initial_delay=config.interval if args.peering else None)
     budget.register(registry, budget.BudgetHandlers(budgets), config.interval)
 
     settings = kopf.OperatorSettings()
@@ -109,11 +113,29 @@ def build(args: argparse.Namespace):
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix, key="last-handled-spec")
     settings.posting.level = logging.INFO
+    settings.networking.error_backoffs = ApiBackoffs()
     settings.peering.standalone = not args.peering
     if args.peering:
         settings.peering.name = args.peering
-        settings.peering.priority = args.priority
+        settings.peering.priority = peering_priority(args.priority)
+        settings.peering.mandatory = True  # no peering object: fail, rather than act beside the other replicas
     return registry, settings, operator, metrics
+
+
+def peering_priority(given: int | None) -> int:
+    """--priority, else a random one (issue 15: the chart's two replicas both ran at priority 0, and kopf
+    pauses an operator that sees a peer of the same priority, so neither acted)."""
+    return given if given is not None else random.SystemRandom().randint(1, 2**31 - 1)
+
+
+class ApiBackoffs:
+    """kopf's retries of a failed API request: its default 1, 1, 2, 3, 5, 8, 13, 21 s, then every 30 s for
+    ever. With the default alone, a status patch in flight when the apiserver stayed down over 54 s
+    escalated and ended that pool's timer task for good (issue 15: 6 of 300 pools left un-autoscaled
+    until a restart). kopf takes any re-iterable (kopf/_cogs/clients/api.py, `request`)."""
+
+    def __iter__(self):
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21), itertools.repeat(30.0))
 
 
 def _load_kube_config(kubeconfig: str | None) -> None:
@@ -144,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from inferencepool.operator import logs
 
     logs.configure(args.log_format, args.log_level)
+    logs.post_failures()
     log = logs.get("inferencepool.operator.run")
     try:
         _load_kube_config(args.kubeconfig)
@@ -167,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         standalone=not args.peering,
         peering_name=args.peering,
-        priority=args.priority,
+        priority=settings.peering.priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
     )

@@ -87,6 +87,27 @@ class SpecError(ValueError):
         self.field = field
 
 
+class NameError(SpecError):  # noqa: A001 - a SpecError about metadata.name, not the builtin
+    """The pool's name cannot name its Service; str() reads `metadata.name: <why, and the fix>`."""
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, f"metadata.name: {message}")
+        self.field = "metadata.name"
+
+
+# A Service name is an RFC 1035 label; a node label value is at most 63 of [A-Za-z0-9_.-], alphanumeric at
+# both ends (k8s.io/apimachinery/pkg/util/validation: IsDNS1035Label, IsValidLabelValue).
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def check_name(name: str | None) -> None:
+    """Issue 15: `llama-3.1-8b` was accepted, but its Service could never be created."""
+    if not name or len(name) > 63 or not DNS_1035.match(name):
+        raise NameError(f"{name!r} cannot name the pool's Service: use at most 63 lowercase letters, digits and "
+                        "'-', starting with a letter (e.g. llama-3-1-8b, not llama-3.1-8b)")
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """One pool as the operator uses it: the scaling policy plus the vLLM workload and its metrics."""
@@ -274,6 +295,16 @@ def _schedule(spec: Mapping, min_replicas: int, max_replicas: int, gpus: int, ma
     return schedule
 
 
+def _gpu_product(spec: Mapping) -> str | None:
+    """Issue 15: a product that is no valid label value (100 characters, an emoji) was accepted, but the
+    Deployment selecting nodes by it never was."""
+    product = _text(spec, "gpu.product", None)
+    if product and (len(product) > 63 or not LABEL_VALUE.match(product)):
+        raise SpecError("gpu.product", f"{product[:80]!r} is not a valid node label value, as nvidia.com/gpu.product "
+                        "is: at most 63 of A-Z a-z 0-9 - _ ., alphanumeric at both ends (e.g. NVIDIA-H100-80GB-HBM3)")
+    return product
+
+
 def parse(spec: Mapping) -> PoolConfig:
     """The pool's config, or SpecError naming the first field that cannot be used."""
     if not isinstance(spec, Mapping):
@@ -364,7 +395,7 @@ def parse(spec: Mapping) -> PoolConfig:
         shared_memory=shared_memory,
         grace_period_seconds=grace,
         deregister_seconds=deregister,
-        gpu_product=_text(spec, "gpu.product", None),
+        gpu_product=_gpu_product(spec),
         tolerations=_list(spec, "scheduling.tolerations", dict),
         node_selector=dict(node_selector),
         prometheus_url=_text(spec, "metrics.prometheusURL", None),

@@ -182,7 +182,7 @@ def build(args: argparse.Namespace):
         period = one.span + one.span / max(len(one) - 1, 1)
         warm_up = period * (args.repeat - 1) / args.time_scale
     if len(trace) < 2:
-        raise ValueError("the trace has fewer than two requests")
+        raise ValueError(f"{args.trace or 'the bundled trace'}: the trace has fewer than two requests")
     slo = args.slo
     spec = PoolSpec(
         schedule=_schedule(args),

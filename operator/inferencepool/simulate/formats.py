@@ -351,8 +351,15 @@ def _numbers(path, name, values, lines, what: str) -> np.ndarray:
     return array
 
 
+MAX_TOKENS = 1e9
+
+
 def _tokens(path, name, values, lines) -> np.ndarray:
     array = _numbers(path, name, values, lines, what="token count")
+    huge = array > MAX_TOKENS  # issue 15: 1e308 tokens overflowed the int64 cast below
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise TraceFileError(path, f"{name} {values[i]!r} is over {MAX_TOKENS:.0e} tokens: no request is that long", lines[i])
     fraction = array != np.floor(array)
     if fraction.any():
         i = int(np.flatnonzero(fraction)[0])

@@ -69,6 +69,7 @@ def load(path: str | Path | None = None, rng: np.random.Generator | None = None,
         starts = table[:, column["window_start_seconds"]].astype(float)
         rates = table[:, column["rate_rps"]].astype(float) * rate_scale
         keep = starts - starts[0] < (seconds if seconds is not None else np.inf)
+        _check_size(path, starts[keep], rates[keep])
         if CV_COLUMN in column:  # ServeGen's own burstiness: a renewal process at each window's CV, not Poisson
             cvs = table[:, column[CV_COLUMN]].astype(float)
             cvs = np.where(np.isfinite(cvs) & (cvs > 0), cvs, 1.0)
@@ -78,6 +79,25 @@ def load(path: str | Path | None = None, rng: np.random.Generator | None = None,
         note = f"rates x{rate_scale:g}" + (f", first {seconds / 86400:g} days" if seconds is not None else "")
         return replace(trace, notes=(note + "; " + trace.notes[0],))
     raise formats.TraceFileError(path, "not a rate series")  # formats.read returns no other RateSeries
+
+
+MAX_ARRIVALS = 1e8  # a simulated trace this large already takes hours; 1e308 req/s must not hang or crash
+MAX_SPAN_SECONDS = 10 * 365 * 86400
+
+
+def _check_size(path, starts: np.ndarray, rates: np.ndarray) -> None:
+    """Refuse a rate series whose arrivals could not be held in memory (issue 15: a window at 1e7 req/s hung,
+    one at 1e308 died in numpy's Poisson draw), naming the file and what to change."""
+    width = float(np.median(np.diff(starts))) if len(starts) > 1 else 60.0
+    span = float(starts[-1] - starts[0]) if len(starts) else 0.0
+    if span > MAX_SPAN_SECONDS:
+        raise formats.TraceFileError(path, f"window_start_seconds spans {span:.3g} s, over {MAX_SPAN_SECONDS:.3g} s "
+                                     "(10 years): check the column's unit (seconds)")
+    with np.errstate(over="ignore"):
+        expected = float(np.sum(np.maximum(rates, 0)) * width)
+    if not expected <= MAX_ARRIVALS:
+        raise formats.TraceFileError(path, f"rate_rps x window asks for ~{expected:.3g} requests, over the "
+                                     f"simulator's {MAX_ARRIVALS:.0e}: lower --rate-scale or use a shorter trace")
 
 
 def from_rates(starts: np.ndarray, rates: np.ndarray, tokens: Trace, rng: np.random.Generator, name: str = "rates",
