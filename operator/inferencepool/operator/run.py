@@ -32,11 +32,33 @@ def _promql_duration(text: str) -> str:
     return text
 
 
+def _selector(text: str) -> dict:
+    """A label selector of equalities and existence (`shard=0,team`, `!paused`) as Kopf's label filter."""
+    import kopf
+
+    labels = {}
+    for term in (t.strip() for t in text.split(",") if t.strip()):
+        key, eq, value = term.replace("==", "=").partition("=")
+        if any(c in term for c in "()") or key.endswith("!") or " in " in f" {term} " or " notin " in f" {term} ":
+            raise argparse.ArgumentTypeError(
+                f"--selector {text!r}: only key=value, key and !key terms are supported, got {term!r}")
+        if not key or (eq and not value):
+            raise argparse.ArgumentTypeError(f"--selector {text!r}: {term!r} needs a label key (and a value after =)")
+        if key.startswith("!"):
+            labels[key[1:]] = kopf.ABSENT
+        else:
+            labels[key] = value if eq else kopf.PRESENT
+    return labels
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                        help="watch pools in this namespace (repeatable); default: all namespaces")
     where.add_argument("--all-namespaces", "-A", action="store_true", help="watch pools in every namespace (default)")
+    parser.add_argument("--selector", "-l", type=_selector, default=None, metavar="SELECTOR",
+                        help="manage only the pools whose labels match, e.g. autoscaling.inferencepool.dev/shard=0 "
+                             "(one operator per shard: the chart's `shards`); key=value, key and !key terms")
     parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS,
                         help="Prometheus that scrapes the vLLM pods (env INFERENCEPOOL_PROMETHEUS_URL; default %(default)s)")
     parser.add_argument("--interval", type=_positive_seconds, default=15.0, metavar="SECONDS",
@@ -95,11 +117,13 @@ def build(args: argparse.Namespace):
         query,
         ttl=config.interval / 2,
         on_error=lambda signal, _error: metrics.prometheus_errors.labels(signal).inc(),
+        wait=0.0,  # a refresh never holds a decision: the last answer serves meanwhile
+        first_wait=min(config.interval / 2, 10.0),  # with no answer yet, a pool waits this long at most
     )
     operator = handlers.Operator(config, reader, handlers.Kube(), metrics)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
-    handlers.register(registry, operator, config.interval)
+    handlers.register(registry, operator, config.interval, getattr(args, "selector", None))
 
     settings = kopf.OperatorSettings()
     prefix = "autoscaling.inferencepool.dev"
@@ -159,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         rate_window=args.rate_window,
         metrics_port=args.metrics_port,
         peering=args.peering or "standalone",
+        selector={k: str(v) for k, v in (args.selector or {}).items()} or None,
     )
     kopf.run(
         registry=registry,
