@@ -206,8 +206,11 @@ def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_its_watch_event
 
     operator.restore(event={"type": "MODIFIED"}, body=kopf.Body({**body, "spec": {"replicas": desired}}))
     assert kube.scaled == [desired] and events == [("Normal", "ScaledUp", events[0][2])]  # ours: nothing to do
-    operator.restore(event={"type": "MODIFIED"}, body=kopf.Body({**body, "spec": {"replicas": 9}}))  # kubectl's
+    edited = {**body, "metadata": {**body["metadata"], "generation": 4}, "spec": {"replicas": 9}}
+    operator.restore(event={"type": "MODIFIED"}, body=kopf.Body(edited))  # kubectl's
     assert kube.scaled == [desired, desired] and events[-1][:2] == ("Warning", "ReplicasRestored") and "set to 9" in events[-1][2]
+    operator.restore(event={"type": "MODIFIED"}, body=kopf.Body(edited))  # its status moved before ours landed
+    assert kube.scaled == [desired, desired] and len(events) == 2
 
     del kube.deployments[("serving", "llama")]
     kube.pool = lambda namespace, name: pool.raw

@@ -202,6 +202,7 @@ class Operator:
         # pool -> (when its status was last written, the newest status decided): the status Kopf hands in
         # lags by up to STATUS_REFRESH_INTERVALS when only live figures moved
         self._status: dict[tuple[str, str], tuple[float | None, dict]] = {}
+        self._restored: dict[tuple[str, str], tuple] = {}  # pool -> the Deployment (uid, generation) put back last
 
     def _use_indexes(self, kwargs: Mapping) -> None:
         """Kopf passes its indexes to every handler: give them to Kube, so its reads are memory reads."""
@@ -366,6 +367,7 @@ class Operator:
         delete the rest)."""
         self.metrics.forget(body.metadata.namespace, body.metadata.name)
         self._status.pop((body.metadata.namespace, body.metadata.name), None)
+        self._restored.pop((body.metadata.namespace, body.metadata.name), None)
         self.reader.forget(body.metadata.namespace, body.metadata.name)  # its per-token-time history
 
     def restore(self, event, body, **kwargs) -> None:
@@ -399,8 +401,11 @@ class Operator:
             return
         live = int((body.get("spec") or {}).get("replicas") or 0)
         manager = replicas_manager(body)
-        if desired is None or live == desired or manager in (None, SCALER_MANAGER, FIELD_MANAGER):
+        generation = (body.metadata.get("uid"), body.metadata.get("generation"))
+        if (desired is None or live == desired or manager in (None, SCALER_MANAGER, FIELD_MANAGER)
+                or self._restored.get((namespace, name)) == generation):  # its status moving meanwhile
             return
+        self._restored[(namespace, name)] = generation
         self.kube.scale(namespace, name, desired)
         kopf.warn(pool, reason="ReplicasRestored", message=(
             f"Deployment replicas were set to {live} outside the operator; put back to {desired}. "
