@@ -326,3 +326,13 @@ def test_the_timer_is_sharp_and_the_selector_filters_every_pool_handler():
     for bad in ("shard in (1,2)", "shard!=1", "=1", "a="):
         with pytest.raises(argparse.ArgumentTypeError, match="--selector"):
             run._selector(bad)  # noqa: SLF001
+
+
+def test_without_watch_permissions_no_index_is_registered():
+    """An older chart's RBAC (no list/watch on Deployments and pods): Kopf would wait for its indexes
+    forever, so none is registered and Kube reads the API per tick, as before."""
+    registry = kopf.OperatorRegistry()
+    operator = handlers.Operator(handlers.OperatorConfig(), None, None, None, running=object())
+    handlers.register(registry, operator, 15, watch=False)
+    assert registry._indexing.get_all_handlers() == [] and registry._watching.get_all_handlers() == []  # noqa: SLF001
+    assert [h.id for h in registry._spawning.get_all_handlers()] == ["autoscale"]  # noqa: SLF001

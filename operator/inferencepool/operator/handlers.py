@@ -466,7 +466,7 @@ class Operator:
 
 
 def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float,
-             labels: Mapping | None = None) -> None:
+             labels: Mapping | None = None, watch: bool = True) -> None:
     """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag). `labels`: only
     the pools that carry them (a shard's, `--selector`). The timer is sharp: a pool is decided on a fixed
     grid of `interval`, not `interval` after its last run ended; a new pool is decided at once."""
@@ -476,6 +476,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator, interval: floa
     kopf.on.update(*RESOURCE, id="update-workload", field="spec", registry=registry, **pools)(operator.ensure)
     kopf.timer(*RESOURCE, id="autoscale", interval=interval, sharp=True, registry=registry, **pools)(operator.autoscale)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry, **pools)(operator.forget)
+    if not watch:  # no list/watch granted on Deployments and pods (an older chart's RBAC): read them per tick
+        return
     # the pools' Deployments and pods, from watches (by the pool label every one carries)
     watched = {workload.POOL_LABEL: kopf.PRESENT}
     kopf.index("apps", "v1", "deployments", id=DEPLOYMENT_INDEX, labels=watched, registry=registry)(deployment_entry)

@@ -96,7 +96,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return configure_parser(parser)
 
 
-def build(args: argparse.Namespace):
+def may_watch(namespaces: list[str]) -> bool:
+    """Whether these credentials may list and watch Deployments and pods where the pools are (a
+    SelfSubjectAccessReview each, which every authenticated user may ask). Without, Kopf would wait for
+    its indexes forever: an operator under an older chart's RBAC reads them per tick instead."""
+    from kubernetes import client
+
+    api = client.AuthorizationV1Api()
+    for namespace in namespaces or [None]:
+        for group, resource in (("apps", "deployments"), ("", "pods")):
+            for verb in ("list", "watch"):
+                review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=client.V1ResourceAttributes(
+                        group=group, resource=resource, verb=verb, namespace=namespace)))
+                if not api.create_self_subject_access_review(review).status.allowed:
+                    return False
+    return True
+
+
+def build(args: argparse.Namespace, watch: bool = True):
     """The kopf registry, settings and operator for these arguments (no network yet)."""
     import kopf
 
@@ -123,7 +141,7 @@ def build(args: argparse.Namespace):
     operator = handlers.Operator(config, reader, handlers.Kube(), metrics)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
-    handlers.register(registry, operator, config.interval, getattr(args, "selector", None))
+    handlers.register(registry, operator, config.interval, getattr(args, "selector", None), watch)
 
     settings = kopf.OperatorSettings()
     prefix = "autoscaling.inferencepool.dev"
@@ -172,7 +190,15 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - any failure here is "no cluster to talk to"
         log.error("no Kubernetes configuration", error=str(error))
         return 2
-    registry, settings, _, metrics = build(args)
+    try:
+        watch = may_watch(args.namespace)
+    except Exception as error:  # noqa: BLE001 - cannot ask: try the watches (Kopf reports what it is refused)
+        log.warning("cannot check list/watch permissions", error=str(error))
+        watch = True
+    if not watch:
+        log.warning("no list/watch on deployments and pods: each decision reads them from the API "
+                    "(grant list and watch, as the chart does, for the watch caches)")
+    registry, settings, _, metrics = build(args, watch)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     log.info(
