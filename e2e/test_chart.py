@@ -104,6 +104,28 @@ def test_rendered_args_are_the_operators_real_flags(helm):
     assert roles == {("Role", "a"), ("Role", "b"), ("RoleBinding", "a"), ("RoleBinding", "b"), ("ClusterRole", None)}
 
 
+def test_shards_render_one_operator_per_shard_with_its_selector_and_peering(helm):
+    """`shards: N`: N Deployments, shard i managing the pools labelled autoscaling.inferencepool.dev/shard=i,
+    each with its own pod selector (they must not adopt each other's pods) and, with replicas, its own peering."""
+    assert helm("lint", str(CHART), "--strict", "--set", "shards=3", "--set", "replicaCount=2").returncode == 0
+    docs = render(helm, "--set", "shards=3", "--set", "replicaCount=2")
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert [d["metadata"]["name"] for d in deployments] == [f"{FULLNAME}-shard-{i}" for i in range(3)]
+    parser = run.configure_parser(argparse.ArgumentParser(exit_on_error=False))
+    for i, deployment in enumerate(deployments):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = parser.parse_args(container["args"])
+        assert args.selector == {"autoscaling.inferencepool.dev/shard": str(i)} and args.peering == f"{FULLNAME}-shard-{i}"
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert deployment["spec"]["selector"]["matchLabels"]["autoscaling.inferencepool.dev/shard"] == str(i)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterKopfPeering"] == [
+        f"{FULLNAME}-shard-{i}" for i in range(3)]
+    args = operator_args(render(helm))[0]  # shards: 1 (the default) is one operator for every pool, as before
+    assert args.selector is None and args.peering is None
+    assert helm("template", RELEASE, str(CHART), "--set", "shards=0", check=False).returncode != 0
+
+
 def can_i(cluster, verb: str, resource: str, namespace: str | None, sa: str, *extra: str) -> bool:
     ns = ["-n", namespace] if namespace else ["--all-namespaces"]
     r = cluster.kubectl("auth", "can-i", verb, resource, *ns, *extra,
@@ -139,6 +161,8 @@ def test_helm_install_on_the_bed_with_least_privilege(cluster, namespace):
             ("patch", "deployments.apps", []),
             ("patch", "services", []),
             ("list", "pods", []),
+            ("watch", "pods", []),  # the watch cache of the pools' pods and Deployments
+            ("watch", "deployments.apps", []),
             ("patch", "pods", []),  # the deletion cost before a scale-down
             ("create", "events", []),
             ("watch", "gpubudgets.autoscaling.inferencepool.dev", []),

@@ -55,8 +55,9 @@ def free_port() -> int:
 class OperatorProcess:
     """`python -m inferencepool.operator.run` against the bed, for one namespace; its log is kept for failures."""
 
-    def __init__(self, cluster, namespace: str, prometheus_url: str, log_path: Path):
+    def __init__(self, cluster, namespace: str, prometheus_url: str, log_path: Path, interval: float = INTERVAL):
         self.cluster, self.namespace, self.prometheus_url, self.log_path = cluster, namespace, prometheus_url, log_path
+        self.interval = interval
         self.metrics_port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -66,7 +67,7 @@ class OperatorProcess:
             "--kubeconfig", str(self.cluster.kubeconfig),
             "--namespace", self.namespace,
             "--prometheus-url", self.prometheus_url,
-            "--interval", str(INTERVAL),
+            "--interval", str(self.interval),
             "--rate-window", RATE_WINDOW,
             "--burst-window", "6s",
             "--metrics-port", str(self.metrics_port),
@@ -86,14 +87,14 @@ class OperatorProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
 
-    def decisions(self) -> list[dict]:
+    def decisions(self, event: str = "decision") -> list[dict]:
         lines = []
         for line in self.log_path.read_text().splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if entry.get("event") == "decision":
+            if entry.get("event") == event:
                 lines.append(entry)
         return lines
 
@@ -125,8 +126,8 @@ def operator(cluster, crd, namespace, tmp_path):
     """Factory: operator(prometheus_url) starts one; pools are deleted before it stops (finalizers)."""
     running: list[OperatorProcess] = []
 
-    def start(prometheus_url: str) -> OperatorProcess:
-        op = OperatorProcess(cluster, namespace, prometheus_url, tmp_path / "operator.log").start()
+    def start(prometheus_url: str, interval: float = INTERVAL) -> OperatorProcess:
+        op = OperatorProcess(cluster, namespace, prometheus_url, tmp_path / "operator.log", interval).start()
         running.append(op)
         return op
 
@@ -416,3 +417,32 @@ def test_operator_reads_pools_whose_names_are_escaped_unescaped_or_both(cluster,
     assert status["rejectionRate"] == pytest.approx(refused, abs=0.15)
     assert status["serviceTimeSeconds"] == pytest.approx(service, rel=0.15)
     assert conditions(get_pool(cluster, namespace, name))["MetricsAvailable"]["status"] == "True"
+
+
+def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_the_watch(cluster, namespace, operator, prometheus):
+    """Issue 14: the operator watches the pools' Deployments. With a 10-minute interval, the one decision
+    made is the first (at creation); every put-back below comes from the watch event, which logs it."""
+    name = "watched"
+    prom = prometheus(scrape_configs=[])
+    op = operator(prom.url, interval=600)
+    cluster.apply(pool_manifest(name, minReplicas=2), namespace=namespace)
+    cluster.wait_until(lambda: get_pool(cluster, namespace, name).get("status", {}).get("desiredReplicas") == 2,
+                       timeout=60, desc="the first decision, at the warm floor")
+    assert replicas(cluster, namespace, name) == 2
+
+    cluster.kubectl("-n", namespace, "scale", "deployment", name, "--replicas=5")
+    cluster.wait_until(lambda: op.decisions("workload restored"), timeout=60, desc="the hand edit seen from the watch")
+    cluster.wait_until(lambda: replicas(cluster, namespace, name) == 2, timeout=30, desc="replicas put back")
+    (restored,) = op.decisions("workload restored")
+    assert (restored["trigger"], restored["replicas_set"], restored["replicas"]) == ("watch", 5, 2)
+    assert restored["manager"].startswith("kubectl")
+    assert any(e["reason"] == "ReplicasRestored" and "set to 5" in e["message"] for e in pool_events(cluster, namespace, name))
+
+    uid = cluster.kubectl_json("-n", namespace, "get", "deployment", name)["metadata"]["uid"]
+    cluster.kubectl("-n", namespace, "delete", "deployment", name, "--wait=true")
+    cluster.wait_until(lambda: len(op.decisions("workload restored")) == 2, timeout=60, desc="the deletion seen")
+    again = cluster.kubectl_json("-n", namespace, "get", "deployment", name)
+    assert again["metadata"]["uid"] != uid and again["spec"]["replicas"] == 2  # at the last decision, not the default 1
+    assert op.decisions("workload restored")[-1]["deleted"] is True
+    assert any(e["reason"] == "DeploymentRestored" for e in pool_events(cluster, namespace, name))
+    assert len(op.decisions()) == 1  # no decision did any of it

@@ -22,3 +22,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.serviceAccount.create -}}{{ default (include "ipool.fullname" .) .Values.serviceAccount.name }}
 {{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
+
+{{- /* The Kopf peering name: one per shard (dict root, shard). */ -}}
+{{- define "ipool.peeringName" -}}
+{{ include "ipool.fullname" .root }}{{ with .shard }}-shard-{{ . }}{{ end }}
+{{- end -}}

@@ -148,6 +148,18 @@ class History:
             return cls()
 
 
+def window_maxima(kept, start: float, new: tuple[float, int]) -> tuple[tuple[float, int], ...]:
+    """The recommendations after `start`, and `new`, that can still be the window's highest: a later one at
+    least as high outlasts an earlier one, so a falling run is all that is kept. The highest is the same as
+    over every recommendation, and the History holds at most one entry per replica count, whatever the window."""
+    run: list[tuple[float, int]] = []
+    for t, r in (*(k for k in kept if k[0] > start), new):
+        while run and run[-1][1] <= r:
+            run.pop()
+        run.append((t, r))
+    return tuple(run)
+
+
 @dataclass(frozen=True)
 class Decision:
     """A decision and everything needed to explain it in status, Events, logs and reports."""
@@ -406,9 +418,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     if saturated and constraint in ("slo", "falling_demand"):
         constraint = "gpu_budget" if cap < spec.max_replicas else "max_replicas"
 
-    recommendations = tuple(
-        (t, r) for t, r in history.recommendations if t > obs.time - spec.scale_down_window_seconds
-    ) + ((obs.time, wanted),)
+    recommendations = window_maxima(history.recommendations, obs.time - spec.scale_down_window_seconds, (obs.time, wanted))
     history = replace(history, recommendations=recommendations)
 
     replicas, limited = wanted, False

@@ -341,7 +341,12 @@ def _ready_message(status: Mapping | None) -> str | None:
     return next((c.get("message") for c in (status or {}).get("conditions") or () if c.get("type") == "Ready"), None)
 
 
-def register(registry: kopf.OperatorRegistry, handlers: BudgetHandlers, interval: float) -> None:
+def register(registry: kopf.OperatorRegistry, handlers: BudgetHandlers, interval: float,
+             labels: Mapping | None = None) -> None:
+    """`labels`: a shard's selector, as for the pools (a budget and its pools must be in one shard: the
+    book that shares it lives in one operator's memory)."""
+    budgets = {"labels": dict(labels)} if labels else {}
     # A failed round (the apiserver down) is retried after one interval, as the pools' ticks are (handlers.py).
-    kopf.timer(*RESOURCE, id="budget", interval=interval, backoff=interval, registry=registry)(handlers.reconcile)
-    kopf.on.delete(*RESOURCE, id="forget-budget", optional=True, registry=registry)(handlers.forget)
+    kopf.timer(*RESOURCE, id="budget", interval=interval, backoff=interval, registry=registry,
+               **budgets)(handlers.reconcile)
+    kopf.on.delete(*RESOURCE, id="forget-budget", optional=True, registry=registry, **budgets)(handlers.forget)

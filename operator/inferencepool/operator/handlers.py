@@ -1,15 +1,19 @@
 """Kopf handlers: glue between the cluster, Prometheus and policy.decide(). No decisions are made here.
 
 - create / update / resume: server-side apply the pool's Deployment and Service (adopting existing ones).
-- a timer per pool, every `interval`: read the pool's metrics (one batched Prometheus read per interval
-  serves every pool), its Deployment and pods; decide; apply the replica count (that field alone) only
+- a timer per pool, every `interval` (sharp: on a fixed grid, however long a run took): read the pool's
+  metrics (one batched Prometheus read per interval serves every pool), its Deployment and pods (from
+  Kopf indexes fed by watches: memory, not a GET and a LIST per pool per tick, see `Kube`); decide; apply the replica count (that field alone) only
   when it changes (when it falls, after setting the pods' deletion costs: drain.py, the idlest go first);
-  write status (with the decision History, so a restarted operator resumes); post an Event per scale and
-  per condition change; log one line per decision.
+  write status only when a field a user or the policy acts on changed, else at most every
+  `STATUS_REFRESH_INTERVALS` (the decision History and live figures; the operator keeps the newest status
+  in memory); post an Event per scale and per condition change; log one line per decision.
+- a watch on the pools' Deployments: one deleted or scaled by hand is put back when the event arrives.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +28,8 @@ from inferencepool.operator.metrics import OperatorMetrics
 FIELD_MANAGER = "inferencepool"  # owns the Deployment and Service templates (server-side apply)
 SCALER_MANAGER = "inferencepool-autoscaler"  # owns spec.replicas alone
 RESOURCE = (pool_spec.GROUP, pool_spec.VERSION, pool_spec.PLURAL)
+DEPLOYMENT_INDEX, POD_INDEX = "pool_deployments", "pool_pods"  # Kopf index ids, also their kwarg names
+STATUS_REFRESH_INTERVALS = 4  # live figures in status are at most this many intervals old
 log = logs.get("inferencepool.operator")
 
 
@@ -34,8 +40,52 @@ class OperatorConfig:
     query: observe.QuerySettings = field(default_factory=observe.QuerySettings)
 
 
+def _compact(obj: Mapping, keep: Mapping) -> dict:
+    """The parts of a watched object the decisions read (`keep` maps a key to True or to its own `keep`)."""
+    out = {}
+    for key, sub in keep.items():
+        value = obj.get(key)
+        if isinstance(sub, dict) and isinstance(value, Mapping):
+            value = _compact(value, sub) or None
+        if value is not None:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+_DEPLOYMENT = {"metadata": {"name": True, "namespace": True, "uid": True, "ownerReferences": True,
+                            "annotations": {workload.TEMPLATE_HASH: True}},
+               "spec": {"replicas": True}, "status": {"readyReplicas": True}}
+_POD = {"metadata": {"name": True, "creationTimestamp": True, "deletionTimestamp": True,
+                     "annotations": {drain.DELETION_COST: True}},
+        "status": {"phase": True}}
+
+
+def deployment_entry(namespace, labels, body, **_) -> dict:
+    """Kopf index of the pools' Deployments by (namespace, pool): what autoscale reads of one."""
+    entry = _compact(body, _DEPLOYMENT)
+    # who owns spec.replicas, in managedFields order (replicas_manager), without the rest of managedFields
+    entry["metadata"]["managedFields"] = [
+        {"manager": e.get("manager"), "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+        for e in body.get("metadata", {}).get("managedFields") or ()
+        if "f:replicas" in ((e.get("fieldsV1") or {}).get("f:spec") or {})]
+    return {(namespace, labels[workload.POOL_LABEL]): entry}
+
+
+def pod_entry(namespace, labels, body, **_) -> dict:
+    """Kopf index of the pools' pods by (namespace, pool): phase, Ready and PodScheduled, deletion cost."""
+    entry = _compact(body, _POD)
+    entry.setdefault("status", {})["conditions"] = [
+        dict(c) for c in body.get("status", {}).get("conditions") or () if c.get("type") in ("Ready", "PodScheduled")]
+    return {(namespace, labels[workload.POOL_LABEL]): entry}
+
+
 class Kube:
-    """The few Kubernetes calls the operator makes, returning plain camelCase dicts."""
+    """The few Kubernetes calls the operator makes, returning plain camelCase dicts.
+
+    Reads come from Kopf's indexes once the operator has them (`indexes`; Kopf starts no handler before
+    every index holds its first full listing). A Deployment the index does not hold (just created, or
+    deleted) is asked from the API, so a missing one is never mistaken for a deleted one.
+    """
 
     def __init__(self, api_client=None):
         from kubernetes import client
@@ -43,6 +93,14 @@ class Kube:
         self.api = api_client or client.ApiClient()
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
+        self.indexes: tuple | None = None  # (Deployment index, pod index) from kopf, or None: read the API
+
+    @staticmethod
+    def _indexed(index, key) -> list | None:
+        try:
+            return [copy.deepcopy(v) for v in index.get(key, ())]
+        except RuntimeError:  # the store changed under us (the watch thread): read the API this once
+            return None
 
     def _plain(self, obj) -> dict:
         return self.api.sanitize_for_serialization(obj)
@@ -62,6 +120,10 @@ class Kube:
     def deployment(self, namespace: str, name: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
 
+        if self.indexes is not None:
+            found = self._indexed(self.indexes[0], (namespace, name))
+            if found:
+                return found[0]
         try:
             return self._plain(self.apps.read_namespaced_deployment(name, namespace))
         except ApiException as error:
@@ -70,8 +132,24 @@ class Kube:
             raise
 
     def pods(self, namespace: str, pool_name: str) -> list[dict]:
+        if self.indexes is not None:
+            found = self._indexed(self.indexes[1], (namespace, pool_name))
+            if found is not None:
+                return found
         selector = ",".join(f"{k}={v}" for k, v in workload.selector(pool_name).items())
         return self._plain(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
+
+    def pool(self, namespace: str, name: str) -> dict | None:
+        """The pool itself (only when its Deployment went: a rare event, so a GET is fine)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return client.CustomObjectsApi(self.api).get_namespaced_custom_object(*RESOURCE[:2], namespace, RESOURCE[2], name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         """A merge patch of the pod's annotations (the deletion cost), nothing else."""
@@ -124,6 +202,15 @@ class Operator:
         self.running = running or drain.RunningReader(config.prometheus_url, config.query)
         self.budgets = budgets or BudgetBook()  # GPUBudgets shared with their timers (operator/budget.py)
         self.cold_starts = observe.ColdStarts()  # only pods seen cold-starting: Ready flaps are no cold start
+        # pool -> (when its status was last written, the newest status decided): the status Kopf hands in
+        # lags by up to STATUS_REFRESH_INTERVALS when only live figures moved
+        self._status: dict[tuple[str, str], tuple[float | None, dict]] = {}
+        self._restored: dict[tuple[str, str], tuple] = {}  # pool -> the Deployment (uid, generation) put back last
+
+    def _use_indexes(self, kwargs: Mapping) -> None:
+        """Kopf passes its indexes to every handler: give them to Kube, so its reads are memory reads."""
+        if DEPLOYMENT_INDEX in kwargs and hasattr(self.kube, "indexes"):
+            self.kube.indexes = (kwargs[DEPLOYMENT_INDEX], kwargs[POD_INDEX])
 
     # ------------------------------------------------------------ helpers
 
@@ -142,16 +229,18 @@ class Operator:
             log.warning("invalid spec", namespace=body.metadata.namespace, pool=body.metadata.name, error=str(error))
             return None
 
-    def _apply_workload(self, body, config: pool_spec.PoolConfig) -> dict:
+    def _apply_workload(self, body, config: pool_spec.PoolConfig, replicas: int | None = None) -> dict:
         namespace, name = body.metadata.namespace, body.metadata.name
         deployment = workload.deployment(body, config)
         live = self.kube.deployment(namespace, name)
         if live is None:
-            # A new Deployment starts at the warm floor, not at Kubernetes' default of 1 replica, and the
-            # scaler's field manager co-owns that count from the start (below).
-            deployment = {**deployment, "spec": {**deployment["spec"], "replicas": config.policy.min_replicas}}
+            # A new Deployment starts at the warm floor (or at `replicas`, the last decision, when one
+            # deleted by hand is put back), not at Kubernetes' default of 1 replica, and the scaler's
+            # field manager co-owns that count from the start (below).
+            start = config.policy.min_replicas if replicas is None else replicas
+            deployment = {**deployment, "spec": {**deployment["spec"], "replicas": start}}
             self.kube.apply(deployment)
-            self.kube.own_replicas(namespace, name, config.policy.min_replicas)
+            self.kube.own_replicas(namespace, name, start)
         else:
             owners = replicas_managers(live)
             if FIELD_MANAGER in owners and SCALER_MANAGER not in owners:
@@ -178,19 +267,24 @@ class Operator:
 
     # ------------------------------------------------------------ handlers
 
-    def ensure(self, body, status, patch, **_) -> None:
+    def ensure(self, body, status, patch, **kwargs) -> None:
         """On create, update and resume: the Deployment and Service match the spec."""
+        self._use_indexes(kwargs)
         config = self._parse(body, status, patch)
         if config is not None:
             self._apply_workload(body, config)
 
-    def autoscale(self, body, status, patch, **_) -> None:
+    def autoscale(self, body, status, patch, **kwargs) -> None:
         """One decision for one pool."""
         started = time.perf_counter()
+        self._use_indexes(kwargs)
         namespace, name = body.metadata.namespace, body.metadata.name
         config = self._parse(body, status, patch)
         if config is None:
+            self._status.pop((namespace, name), None)  # status now says InvalidSpec: compare with it next time
             return
+        written, known = self._status.get((namespace, name), (None, None))
+        stored, status = status, ({**status, **known} if known else status)  # the newest decided, when status lags
         deployment = self.kube.deployment(namespace, name)
         expected_hash = workload.deployment(body, config)["metadata"]["annotations"][workload.TEMPLATE_HASH]
         live_hash = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(workload.TEMPLATE_HASH)
@@ -273,15 +367,20 @@ class Operator:
         )
         for c in pool_status.changed(previous_conditions, conditions_now):
             self._condition_event(body, c, first=not previous_conditions)
-        patch.status.update(modes.status_patch(
+        status_now = modes.status_patch(
             config.mode,
             pool_status.decision_status(config, obs, decision, metrics, conditions_now, previous_conditions, now, generation,
                                         getattr(pools, "scrape_interval", None), getattr(pools, "rate_window", None),
                                         slo_status),
-            decision, live_replicas, status.get("advisory"), pool_status.timestamp(now)))
+            decision, live_replicas, status.get("advisory"), pool_status.timestamp(now))
+        if (written is None or pool_status.needs_write(stored, status_now)
+                or now - written >= STATUS_REFRESH_INTERVALS * self.config.interval):
+            patch.status.update(status_now)
+            written = now
+        self._status[(namespace, name)] = (written, status_now)
         self._log(namespace, name, obs, decision, config, prometheus_error, hand_edited)
         self.metrics.record(namespace, name, decision, obs.arrival_rate, ready)
-        self.metrics.record_status(namespace, name, config.policy, decision, conditions_now, patch.status)
+        self.metrics.record_status(namespace, name, config.policy, decision, conditions_now, status_now)
         self.metrics.record_slo(namespace, name, slo_status)
         self.metrics.record_mode(namespace, name, config.mode, live_replicas)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
@@ -290,8 +389,53 @@ class Operator:
         """On delete: drop the pool's series from the operator's /metrics and its curve history (owner refs
         delete the rest)."""
         self.metrics.forget(body.metadata.namespace, body.metadata.name)
+        self._status.pop((body.metadata.namespace, body.metadata.name), None)
+        self._restored.pop((body.metadata.namespace, body.metadata.name), None)
         self.reader.forget(body.metadata.namespace, body.metadata.name)  # its per-token-time history
         self.cold_starts.forget((body.metadata.namespace, body.metadata.name))
+
+    def restore(self, event, body, **kwargs) -> None:
+        """A pool's Deployment changed or went (from the watch, as it happens): put back one deleted or
+        scaled by hand. Our own writes are told apart by managedFields; pools this operator has not decided
+        yet (another shard's, or before their first decision) are left to their own operator or timer."""
+        self._use_indexes(kwargs)
+        namespace = body.metadata.namespace
+        name = (body.metadata.labels or {}).get(workload.POOL_LABEL)
+        known = self._status.get((namespace, name), (None, None))[1]
+        if known is None or event.get("type") not in ("DELETED", "MODIFIED"):
+            return
+        desired = known.get("desiredReplicas")
+        owner = next((r for r in body.metadata.get("ownerReferences") or () if r.get("kind") == pool_spec.KIND), None)
+        if owner is None:
+            return
+        pool = {"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                "metadata": {"name": owner["name"], "namespace": namespace, "uid": owner["uid"]}}
+        if event["type"] == "DELETED":
+            pool = self.kube.pool(namespace, name)
+            if pool is None or pool["metadata"].get("deletionTimestamp"):
+                return  # the pool is going: its Deployment goes with it
+            try:
+                config = pool_spec.parse(pool.get("spec") or {})
+            except pool_spec.SpecError:
+                return  # autoscale reports it
+            self._apply_workload(kopf.Body(pool), config, desired)
+            kopf.warn(pool, reason="DeploymentRestored",
+                      message=f"Deployment {name} was deleted outside the operator; created again with {desired} replicas")
+            log.warning("workload restored", namespace=namespace, pool=name, trigger="watch", deleted=True, replicas=desired)
+            return
+        live = int((body.get("spec") or {}).get("replicas") or 0)
+        manager = replicas_manager(body)
+        generation = (body.metadata.get("uid"), body.metadata.get("generation"))
+        if (desired is None or live == desired or manager in (None, SCALER_MANAGER, FIELD_MANAGER)
+                or self._restored.get((namespace, name)) == generation):  # its status moving meanwhile
+            return
+        self._restored[(namespace, name)] = generation
+        self.kube.scale(namespace, name, desired)
+        kopf.warn(pool, reason="ReplicasRestored", message=(
+            f"Deployment replicas were set to {live} outside the operator; put back to {desired}. "
+            "The pool owns its replica count: change minReplicas/maxReplicas instead."))
+        log.warning("workload restored", namespace=namespace, pool=name, trigger="watch", manager=manager,
+                    replicas_set=live, replicas=desired)
 
     # ------------------------------------------------------------ reporting
 
@@ -350,14 +494,25 @@ class Operator:
 
 
 def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float,
-             initial_delay: float | None = None) -> None:
-    """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag). With peering, the
-    first tick waits `initial_delay`, so that a replica that just started does not write beside one that
-    has not yet seen it and paused (two ScaledUp Events for one scale, issue 15)."""
+             labels: Mapping | None = None, watch: bool = True, initial_delay: float | None = None) -> None:
+    """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag). `labels`: only
+    the pools that carry them (a shard's, `--selector`). The timer is sharp: a pool is decided on a fixed
+    grid of `interval`, not `interval` after its last run ended; a new pool is decided at once, or with
+    peering after `initial_delay`, so that a replica that just started does not write beside one that has
+    not yet seen it and paused (two ScaledUp Events for one scale, issue 15)."""
+    pools = {"labels": dict(labels)} if labels else {}
     # A failed handler (the apiserver down, a quota) is retried after one interval, not kopf's default 60 s.
-    kopf.on.create(*RESOURCE, id="create-workload", backoff=interval, registry=registry)(operator.ensure)
-    kopf.on.resume(*RESOURCE, id="resume-workload", backoff=interval, registry=registry)(operator.ensure)
-    kopf.on.update(*RESOURCE, id="update-workload", field="spec", backoff=interval, registry=registry)(operator.ensure)
-    kopf.timer(*RESOURCE, id="autoscale", interval=interval, backoff=interval, initial_delay=initial_delay,
-               registry=registry)(operator.autoscale)
-    kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry)(operator.forget)
+    retry = {"backoff": interval, "registry": registry, **pools}
+    kopf.on.create(*RESOURCE, id="create-workload", **retry)(operator.ensure)
+    kopf.on.resume(*RESOURCE, id="resume-workload", **retry)(operator.ensure)
+    kopf.on.update(*RESOURCE, id="update-workload", field="spec", **retry)(operator.ensure)
+    kopf.timer(*RESOURCE, id="autoscale", interval=interval, sharp=True, initial_delay=initial_delay,
+               **retry)(operator.autoscale)
+    kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry, **pools)(operator.forget)
+    if not watch:  # no list/watch granted on Deployments and pods (an older chart's RBAC): read them per tick
+        return
+    # the pools' Deployments and pods, from watches (by the pool label every one carries)
+    watched = {workload.POOL_LABEL: kopf.PRESENT}
+    kopf.index("apps", "v1", "deployments", id=DEPLOYMENT_INDEX, labels=watched, registry=registry)(deployment_entry)
+    kopf.index("v1", "pods", id=POD_INDEX, labels=watched, registry=registry)(pod_entry)
+    kopf.on.event("apps", "v1", "deployments", id="restore-workload", labels=watched, registry=registry)(operator.restore)

@@ -731,9 +731,14 @@ READ_BUDGET_SECONDS = 30.0  # one batched read gives up past this (a Prometheus 
 class PrometheusReader:
     """Reads all pools' signals once per `ttl` seconds per (Prometheus URL, matchers) and shares the answer.
 
-    Every pool's timer asks; the first one after the cache expires runs the queries, the others (and
-    those waiting on the lock meanwhile) reuse them. A failure is cached too, so a down Prometheus is
-    asked once per ttl, not once per pool.
+    Every pool's timer asks; the first one after the answer expires starts one refresh (in its own
+    thread), and everyone, that one too, goes on with the last answer meanwhile: a slow or hung Prometheus
+    never holds a decision, and one Prometheus never delays the pools of another (no lock is held while a
+    fetch runs). An answer's age counts from the end of its fetch (`age`), and the metrics' own sample
+    times age with it, so a stale one reads as stale. Only a caller with no answer at all waits, at most
+    `first_wait` seconds after the refresh started. `wait` is how long the caller that starts a refresh
+    waits for it (None: until it is done, as a single-threaded caller wants). A failure is cached too, so
+    a down Prometheus is asked once per ttl, not once per pool.
     """
 
     def __init__(
@@ -744,6 +749,8 @@ class PrometheusReader:
         connect: Callable[[str], object] = _connect,
         clock: Callable[[], float] = time.monotonic,
         on_error: Callable[[str, Exception], None] | None = None,
+        wait: float | None = None,
+        first_wait: float | None = None,
     ):
         self.default_url = default_url
         self.settings = settings
@@ -751,10 +758,10 @@ class PrometheusReader:
         self._connect = connect
         self._clock = clock
         self._on_error = on_error
-        self.wait = min(ttl, MAX_WAIT_SECONDS)
+        self.wait, self.first_wait = wait, first_wait
         self._lock = threading.Lock()
-        self._locks: dict[tuple, threading.Lock] = {}
-        self._cache: dict[tuple, tuple[float, object]] = {}
+        self._refreshing: dict[tuple, tuple[float, threading.Event]] = {}  # key -> (started, done)
+        self._cache: dict[tuple, tuple[float, object]] = {}  # key -> (end of its fetch, answer or error)
         self._clients: dict[str, object] = {}
         self._curves: dict[tuple, tuple[float, deque]] = {}  # (url, matchers, pool) -> (last added, pairs)
 
@@ -795,30 +802,48 @@ class PrometheusReader:
         with self._lock:  # earlier windows are never asked again: keep the cache from growing
             for old in [k for k in self._cache if k[0] == "at" and k[2] < at]:
                 self._cache.pop(old, None)
-                self._locks.pop(old, None)
         return self._cached(("at", url, at, *sorted(named.items())), fetch, keep_answers=True)
+
+    def age(self, url: str | None = None, matchers: str = "") -> float | None:
+        """Seconds since the newest answer of read(url, matchers) came back (None: none yet)."""
+        cached = self._cache.get(("pools", url or self.default_url, matchers.strip()))
+        return None if cached is None else self._clock() - cached[0]
 
     def _cached(self, key: tuple, fetch: Callable[[], object], keep_answers: bool = False):
         with self._lock:
-            key_lock = self._locks.setdefault(key, threading.Lock())
-        # A pool waits for another pool's read of the same Prometheus only briefly: each waiter holds one of
-        # kopf's few handler threads, and waiters on a hanging Prometheus starved the pools of a healthy one
-        # (issue 15). Past the wait it takes the previous answer (its sample times say how old it is).
-        if not key_lock.acquire(timeout=self.wait):
-            cached = self._cache.get(key) or (0.0, PrometheusUnavailable(
-                f"Prometheus at {key[1]} has not answered a read for over {self.wait:g}s"))
-        else:
-            try:
-                cached = self._cache.get(key)
-                expired = cached is not None and self._clock() - cached[0] >= self.ttl
-                if cached is None or (expired and not (keep_answers and not isinstance(cached[1], Exception))):
-                    cached = (self._clock(), fetch())
-                    self._cache[key] = cached
-            finally:
-                key_lock.release()
+            cached = self._cache.get(key)
+            expired = cached is None or (self._clock() - cached[0] >= self.ttl
+                                         and not (keep_answers and not isinstance(cached[1], Exception)))
+            started, done = self._refreshing.get(key, (None, None))
+            starter = expired and done is None
+            if starter:
+                started, done = self._refreshing[key] = (self._clock(), threading.Event())
+        if starter:
+            threading.Thread(target=self._refresh, args=(key, fetch, done), name="prometheus-refresh", daemon=True).start()
+        if cached is None:  # nothing to go on: wait for the first answer, a bounded time after it was asked
+            limit = self.first_wait if self.first_wait is not None else self.wait
+            done.wait(None if limit is None else max(limit - (self._clock() - started), 0.0))
+        elif starter:
+            done.wait(self.wait)
+        if expired:
+            cached = self._cache.get(key, cached)
+        if cached is None:
+            raise PrometheusUnavailable(f"Prometheus has not answered yet ({self._clock() - started:.1f}s since asked: {key[0]} "
+                                        f"from {key[1]})")
         if isinstance(cached[1], Exception):
             raise cached[1]
         return cached[1]
+
+    def _refresh(self, key: tuple, fetch: Callable[[], object], done: threading.Event) -> None:
+        """One fetch; its answer (or failure) is stamped when it comes back, not when it was asked."""
+        try:
+            answer = fetch()
+        except Exception as error:  # noqa: BLE001 - a bug in parsing must not wedge the refresh forever
+            answer = PrometheusUnavailable(f"reading Prometheus failed: {error!r}")
+        with self._lock:
+            self._cache[key] = (self._clock(), answer)
+            del self._refreshing[key]
+        done.set()
 
     def _client(self, url: str):
         return self._clients.get(url) or self._clients.setdefault(url, self._connect(url))

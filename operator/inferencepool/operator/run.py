@@ -34,11 +34,33 @@ def _promql_duration(text: str) -> str:
     return text
 
 
+def _selector(text: str) -> dict:
+    """A label selector of equalities and existence (`shard=0,team`, `!paused`) as Kopf's label filter."""
+    import kopf
+
+    labels = {}
+    for term in (t.strip() for t in text.split(",") if t.strip()):
+        key, eq, value = term.replace("==", "=").partition("=")
+        if any(c in term for c in "()") or key.endswith("!") or " in " in f" {term} " or " notin " in f" {term} ":
+            raise argparse.ArgumentTypeError(
+                f"--selector {text!r}: only key=value, key and !key terms are supported, got {term!r}")
+        if not key or (eq and not value):
+            raise argparse.ArgumentTypeError(f"--selector {text!r}: {term!r} needs a label key (and a value after =)")
+        if key.startswith("!"):
+            labels[key[1:]] = kopf.ABSENT
+        else:
+            labels[key] = value if eq else kopf.PRESENT
+    return labels
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                        help="watch pools in this namespace (repeatable); default: all namespaces")
     where.add_argument("--all-namespaces", "-A", action="store_true", help="watch pools in every namespace (default)")
+    parser.add_argument("--selector", "-l", type=_selector, default=None, metavar="SELECTOR",
+                        help="manage only the pools whose labels match, e.g. autoscaling.inferencepool.dev/shard=0 "
+                             "(one operator per shard: the chart's `shards`); key=value, key and !key terms")
     parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS,
                         help="Prometheus that scrapes the vLLM pods (env INFERENCEPOOL_PROMETHEUS_URL; default %(default)s)")
     parser.add_argument("--interval", type=_positive_seconds, default=15.0, metavar="SECONDS",
@@ -78,7 +100,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return configure_parser(parser)
 
 
-def build(args: argparse.Namespace):
+def may_watch(namespaces: list[str]) -> bool:
+    """Whether these credentials may list and watch Deployments and pods where the pools are (a
+    SelfSubjectAccessReview each, which every authenticated user may ask). Without, Kopf would wait for
+    its indexes forever: an operator under an older chart's RBAC reads them per tick instead."""
+    from kubernetes import client
+
+    api = client.AuthorizationV1Api()
+    for namespace in namespaces or [None]:
+        for group, resource in (("apps", "deployments"), ("", "pods")):
+            for verb in ("list", "watch"):
+                review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=client.V1ResourceAttributes(
+                        group=group, resource=resource, verb=verb, namespace=namespace)))
+                if not api.create_self_subject_access_review(review).status.allowed:
+                    return False
+    return True
+
+
+def build(args: argparse.Namespace, watch: bool = True):
     """The kopf registry, settings and operator for these arguments (no network yet)."""
     import kopf
 
@@ -99,13 +139,17 @@ def build(args: argparse.Namespace):
         query,
         ttl=config.interval / 2,
         on_error=lambda signal, _error: metrics.prometheus_errors.labels(signal).inc(),
+        wait=0.0,  # a refresh never holds a decision: the last answer serves meanwhile
+        first_wait=min(config.interval / 2, 10.0),  # with no answer yet, a pool waits this long at most
     )
     budgets = budget.BudgetBook()
     operator = handlers.Operator(config, reader, handlers.Kube(), metrics, budgets=budgets)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
-    handlers.register(registry, operator, config.interval, initial_delay=config.interval if args.peering else None)
-    budget.register(registry, budget.BudgetHandlers(budgets), config.interval)
+    selector = getattr(args, "selector", None)
+    handlers.register(registry, operator, config.interval, selector, watch,
+                      initial_delay=config.interval if args.peering else None)
+    budget.register(registry, budget.BudgetHandlers(budgets), config.interval, selector)
 
     settings = kopf.OperatorSettings()
     prefix = "autoscaling.inferencepool.dev"
@@ -173,7 +217,15 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - any failure here is "no cluster to talk to"
         log.error("no Kubernetes configuration", error=str(error))
         return 2
-    registry, settings, _, metrics = build(args)
+    try:
+        watch = may_watch(args.namespace)
+    except Exception as error:  # noqa: BLE001 - cannot ask: try the watches (Kopf reports what it is refused)
+        log.warning("cannot check list/watch permissions", error=str(error))
+        watch = True
+    if not watch:
+        log.warning("no list/watch on deployments and pods: each decision reads them from the API "
+                    "(grant list and watch, as the chart does, for the watch caches)")
+    registry, settings, _, metrics = build(args, watch)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     log.info(
@@ -184,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         rate_window=args.rate_window,
         metrics_port=args.metrics_port,
         peering=args.peering or "standalone",
+        selector={k: str(v) for k, v in (args.selector or {}).items()} or None,
     )
     kopf.run(
         registry=registry,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
@@ -244,3 +245,30 @@ def history_from_status(status: Mapping | None) -> dict | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+# Figures that move with every read: written at most every few intervals (handlers.STATUS_REFRESH_INTERVALS)
+# when nothing else changed. The decision History is among them: the operator keeps the newest in memory,
+# and a restarted one resumes from one a few intervals old.
+LIVE_FIELDS = frozenset({
+    "arrivalRate", "rejectionRate", "arrivalCV", "serviceTimeSeconds", "serviceCV", "prefillSeconds", "utilization",
+    "waitExceedsTarget", "predictedWait", "predictedWaitSeconds", "observedWaitSeconds", "observedTTFTSeconds",
+    "planningRate", "forecastRate", "horizonSeconds", "coldStartSeconds", "metricsAgeSeconds", "scrapeIntervalSeconds",
+    "requiredReplicas", "reason", "history", "slo",
+})
+
+
+def _significant(status: Mapping, keys) -> dict:
+    """What a user or the policy acts on: every field but the live ones; conditions without their times
+    and the numbers in their messages (live figures too); None and absent alike."""
+    kept = {k: status.get(k) for k in keys if k not in LIVE_FIELDS and k != "conditions" and status.get(k) is not None}
+    kept["conditions"] = sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"),
+                                 re.sub(r"[-+]?[\d.]+(e[-+]?\d+)?", "#", c.get("message") or ""))
+                                for c in status.get("conditions") or ())
+    return kept
+
+
+def needs_write(previous: Mapping | None, new: Mapping) -> bool:
+    """Whether the status patch `new` changes anything but live figures of the status `previous` (the
+    pool's status as the API has it: every other field is written as soon as it changes)."""
+    return _significant(previous or {}, new) != _significant(new, new)
