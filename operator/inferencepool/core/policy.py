@@ -45,6 +45,10 @@ class PoolSpec:
     # Transient sizing (off while None): Erlang-C is steady state; a backlog of `waiting` requests also needs
     # the capacity to drain it within this many seconds, added on top (vllm:num_requests_waiting).
     backlog_drain_seconds: float | None = None
+    # Burst memory (off while None): size for the burstiest arrival CV measured over this trailing span, not
+    # the last window's. Burstiness comes in spells (hours of clumped arrivals on ServeGen), and a 2-minute
+    # dispersion estimate flickers inside one; the trailing max keeps the headroom through the spell.
+    burst_memory_seconds: float | None = None
 
     @property
     def replica_cap(self) -> int:
@@ -99,6 +103,7 @@ class History:
     last_scale_time: float | None = None
     headroom: float = 1.0  # error-budget feedback: factor on the planning rate
     feedback_window: float | None = None  # end of the last SLO window folded into `headroom`
+    cv_peaks: tuple[tuple[float, float], ...] = ()  # burst memory: (minute start, highest arrival CV in it)
 
     def to_dict(self) -> dict:
         """JSON-ready, for the pool's status: a restarted operator resumes from it."""
@@ -118,6 +123,7 @@ class History:
                 last_scale_time=data.get("last_scale_time"),
                 headroom=float(data.get("headroom", 1.0)),
                 feedback_window=data.get("feedback_window"),
+                cv_peaks=tuple((float(t), float(c)) for t, c in data.get("cv_peaks", ())),
             )
         except (TypeError, ValueError):
             return cls()
@@ -174,6 +180,17 @@ def feedback(spec: PoolSpec, obs: Observations, history: History) -> History:
     low, high = HEADROOM_RANGE
     headroom = min(max(history.headroom * math.exp(step), low), high)
     return replace(history, headroom=headroom, feedback_window=end)
+
+
+def remember_burstiness(spec: PoolSpec, obs: Observations, history: History) -> tuple[float, History]:
+    """The arrival CV to size for: the highest per-minute peak over the trailing burst memory (see PoolSpec)."""
+    if not spec.burst_memory_seconds:
+        return obs.arrival_cv, history
+    minute = math.floor(obs.time / 60.0) * 60.0
+    kept = [(t, c) for t, c in history.cv_peaks if t > obs.time - spec.burst_memory_seconds and t != minute]
+    now = max([c for t, c in history.cv_peaks if t == minute] + [obs.arrival_cv])
+    peaks = tuple(kept) + ((minute, now),)
+    return max(c for _, c in peaks), replace(history, cv_peaks=peaks)
 
 
 def _usable(value: float | None) -> bool:
@@ -265,6 +282,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         forecast_rate = fc.upper_peak(forecaster, horizon_s, spec.forecast_quantile)
         planning_rate = max(obs.arrival_rate, forecast_rate)
     observed_rate = obs.arrival_rate
+    arrival_cv, history = remember_burstiness(spec, obs, history)
     if spec.slo_objective is not None:
         planning_rate *= history.headroom
         observed_rate *= history.headroom
@@ -280,7 +298,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         if rate == 0:
             return 0, False
         try:
-            servers = _servers_needed(spec, Queue(rate, service_time, obs.arrival_cv, obs.service_cv), target, cap * slots)
+            servers = _servers_needed(spec, Queue(rate, service_time, arrival_cv, obs.service_cv), target, cap * slots)
         except TargetUnreachable:
             return cap, True
         return math.ceil(servers / slots), False
@@ -381,6 +399,8 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
         demand += f", forecast q{spec.forecast_quantile:g} peak {d.forecast_rate:.3g}/s over {d.horizon_seconds:.0f}s"
     if spec.backlog_drain_seconds and obs.waiting:
         demand += f", {obs.waiting:.0f} waiting to drain within {spec.backlog_drain_seconds:g}s"
+    if spec.burst_memory_seconds and d.history.cv_peaks:
+        demand += f", arrival CV {max(c for _, c in d.history.cv_peaks):.2g} (peak over {spec.burst_memory_seconds:.0f}s)"
     if spec.slo_objective is not None and d.history.headroom != 1.0:
         demand += f", headroom x{d.history.headroom:.2f} from the error budget"
     head = {"scale_up": "scale up", "scale_down": "scale down", "hold": "hold"}[d.action]

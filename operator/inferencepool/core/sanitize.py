@@ -100,6 +100,9 @@ def clean_history(history, now: float):
     kept = tuple((t, r) for t, r in history.recommendations if _finite(t) and isinstance(r, int) and r >= 0)
     if kept != tuple(history.recommendations):
         changes["recommendations"] = kept
+    peaks = tuple((t, c) for t, c in history.cv_peaks if _finite(t) and _finite(c) and 0 <= c <= MAX_CV)
+    if peaks != tuple(history.cv_peaks):
+        changes["cv_peaks"] = peaks
     state = history.forecaster
     if state is not None and not _forecaster_ok(state, now):
         changes["forecaster"] = None
