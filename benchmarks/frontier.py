@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--from-json", action="store_true",
                         help="run nothing: tables, figure and SIMULATE.md from benchmarks/frontier/<scenario>.json")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the other families' runs from benchmarks/frontier/<scenario>.json")
+                        help="keep the other families' runs from benchmarks/frontier/<scenario>.json (the named ones are replaced)")
     args = parser.parse_args()
     for name in args.scenarios.split(","):
         title, make = SCENARIOS[name]
@@ -68,9 +68,7 @@ def main() -> int:
                              progress=lambda done, total: print(f"\r{name}: {done}/{total} runs", end="", file=sys.stderr))
         if args.merge and not args.from_json and (OUT / f"{name}.json").exists():
             old = json.loads((OUT / f"{name}.json").read_text())
-            new = {(r["family"], json.dumps(r["knob"]), r["floor"], r["seed"]) for r in rows}
-            rows += [r for r in old if r["family"] != "oracle"
-                     and (r["family"], json.dumps(r["knob"]), r["floor"], r["seed"]) not in new]
+            rows += [r for r in old if r["family"] not in families + ("oracle",)]  # a re-run family replaces all its rows
         wall = time.perf_counter() - started
         print(file=sys.stderr)
         OUT.mkdir(exist_ok=True)

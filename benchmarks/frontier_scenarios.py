@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dataclasses import replace
@@ -12,7 +13,7 @@ from inferencepool.core.policy import PoolSpec
 from inferencepool.simulate import trace as tr
 from inferencepool.simulate.compare import Scenario
 
-TRACES = str(Path(__file__).resolve().parents[2] / "shared" / "traces")  # ../shared beside the checkout
+TRACES = os.environ.get("IPOOL_TRACES", str(Path(__file__).resolve().parents[2] / "shared" / "traces"))  # ../shared beside the checkout
 SPEC = PoolSpec(max_replicas=100, gpu_hour_price=2.50)  # p99 queue wait <= 10 s per 1-minute window, floor swept
 SERVEGEN_SCALE = 0.008  # ServeGen m-large averages ~200 requests/s; x0.008 with conv's tokens ~ 9 Erlangs
 

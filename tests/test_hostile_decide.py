@@ -106,3 +106,15 @@ def test_decide_at_a_load_beyond_the_cap_goes_to_the_cap_saturated():
     spec = PoolSpec(max_replicas=20, prediction=False)
     d = decide(spec, Observations(time=1.0, current_replicas=3, arrival_rate=1e6, service_time=86400.0))
     assert d.replicas == 20 and d.saturated and d.constraint == "max_replicas"
+
+
+def test_an_underflowing_service_time_decides():
+    """Found by the property above (after the issue-11 dispersion merge reordered the draws): 1e-300 s of
+    service and a near-zero CV made the conditional mean wait underflow to 0, and P(W > t) divided by it."""
+    spec = PoolSpec(slo_percentile=None, slo_target_seconds=1.0, min_replicas=1, max_replicas=1,
+                    scale_down_window_seconds=0.0, prediction=False, default_cold_start_seconds=1.0,
+                    max_metrics_age_seconds=1.0)
+    obs = Observations(time=1000.0, current_replicas=0, ready_replicas=0, arrival_rate=1.0, service_time=1e-300,
+                       arrival_cv=0.0, service_cv=3.7e-78, metrics_age_seconds=0.0)
+    d = decide(spec, obs, History())
+    assert d.replicas == 1 and d.p_wait_exceeds == {1: 0.0, 2: 0.0}

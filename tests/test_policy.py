@@ -196,6 +196,29 @@ def test_the_headroom_factor_sizes_for_a_higher_rate():
     assert History.from_dict(json.loads(json.dumps(raised.history.to_dict()))).headroom == 1.5
 
 
+def test_burst_memory_sizes_for_the_burstiest_cv_of_its_trailing_span():
+    spec = reactive(burst_memory_seconds=1800.0)
+    bursty = decide(spec, observe(current=30, time=0.0, arrival_cv=3.0))
+    calm = decide(spec, observe(current=bursty.replicas, time=600.0, arrival_cv=1.0), bursty.history)
+    # ten minutes later the CV reads 1 again, but the spell of CV 3 is remembered: same size as at CV 3
+    assert calm.replicas == bursty.replicas == decide(reactive(), observe(current=30, arrival_cv=3.0)).replicas
+    assert calm.replicas > decide(reactive(), observe(current=30, arrival_cv=1.0)).replicas
+    assert "arrival CV 3 (peak over 1800s)" in calm.reason
+    later = decide(spec, observe(current=30, time=2000.0, arrival_cv=1.0), calm.history)  # the spell has aged out
+    assert later.replicas == decide(reactive(), observe(current=30, arrival_cv=1.0)).replicas
+    assert [c for _, c in later.history.cv_peaks] == [1.0, 1.0]  # one peak per minute, older ones dropped
+    restored = History.from_dict(json.loads(json.dumps(calm.history.to_dict())))
+    assert restored.cv_peaks == calm.history.cv_peaks
+    # without the knob the history stays empty (status does not grow)
+    assert decide(reactive(), observe(arrival_cv=3.0)).history.cv_peaks == ()
+
+
+def test_a_corrupt_burst_memory_is_dropped():
+    d = decide(reactive(burst_memory_seconds=1800.0), observe(current=30, time=60.0),
+               History(cv_peaks=((0.0, float("nan")), (30.0, 1e9))))
+    assert d.history.cv_peaks == ((60.0, 1.0),)
+
+
 def test_a_backlog_adds_the_capacity_to_drain_it_within_the_drain_time():
     plain = decide(reactive(), observe(current=30, waiting=4.0))
     drained = decide(reactive(backlog_drain_seconds=10.0), observe(current=30, waiting=4.0))

@@ -53,6 +53,10 @@ class PoolSpec:
     # Fitted wait correction (see fit_correction): scale the model's tail by a factor learnt from vLLM's
     # queue-time (or TTFT) histogram, in [1, MAX_WAIT_CORRECTION]; only when observations carry the tail.
     wait_correction: bool = True
+    # Burst memory (off while None): size for the burstiest arrival CV measured over this trailing span, not
+    # the last window's. Burstiness comes in spells (hours of clumped arrivals on ServeGen), and a 2-minute
+    # dispersion estimate flickers inside one; the trailing max keeps the headroom through the spell.
+    burst_memory_seconds: float | None = None
 
     @property
     def replica_cap(self) -> int:
@@ -121,6 +125,7 @@ class History:
     tail_observed: float = 0.0
     tail_predicted: float = 0.0
     tail_time: float | None = None  # when the last window was folded in
+    cv_peaks: tuple[tuple[float, float], ...] = ()  # burst memory: (minute start, highest arrival CV in it)
 
     def to_dict(self) -> dict:
         """JSON-ready, for the pool's status: a restarted operator resumes from it."""
@@ -143,6 +148,7 @@ class History:
                 tail_observed=float(data.get("tail_observed", 0.0)),
                 tail_predicted=float(data.get("tail_predicted", 0.0)),
                 tail_time=data.get("tail_time"),
+                cv_peaks=tuple((float(t), float(c)) for t, c in data.get("cv_peaks", ())),
             )
         except (TypeError, ValueError):
             return cls()
@@ -252,6 +258,18 @@ def fit_correction(spec: PoolSpec, obs: Observations, history: History, predicte
     decay, new = math.exp(-elapsed / CORRECTION_MEMORY_SECONDS), requests * elapsed / window
     return replace(history, tail_observed=history.tail_observed * decay + min(max(share, 0.0), 1.0) * new,
                    tail_predicted=history.tail_predicted * decay + predicted_share * new, tail_time=obs.time)
+
+
+def remember_burstiness(spec: PoolSpec, obs: Observations, history: History, cv: float) -> tuple[float, History]:
+    """The arrival CV to size for: the highest per-minute peak of `cv` (this tick's CV) over the trailing
+    burst memory (see PoolSpec)."""
+    if not spec.burst_memory_seconds:
+        return cv, history
+    minute = math.floor(obs.time / 60.0) * 60.0
+    kept = [(t, c) for t, c in history.cv_peaks if t > obs.time - spec.burst_memory_seconds and t != minute]
+    now = max([c for t, c in history.cv_peaks if t == minute] + [cv])
+    peaks = tuple(kept) + ((minute, now),)
+    return max(c for _, c in peaks), replace(history, cv_peaks=peaks)
 
 
 def _usable(value: float | None) -> bool:
@@ -382,6 +400,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         timescale = dispersion_timescale(service_time, target)
         at = dispersion_at(obs.arrival_dispersion, timescale)
         arrival_cv = math.sqrt(at) if at is not None else arrival_cv
+    arrival_cv, history = remember_burstiness(spec, obs, history, arrival_cv)
     predicted = None  # the model's P(wait > target) now, at the Ready slots: what the histogram is checked against
     if service_time is not None and obs.ready_replicas > 0:
         now_queue = Queue(obs.arrival_rate, service_time, arrival_cv, obs.service_cv)
@@ -518,6 +537,8 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
         demand += f", arrival CV {d.arrival_cv:.2f} over {d.dispersion_timescale:.0f}s bursts"
     if spec.backlog_drain_seconds and obs.waiting:
         demand += f", {obs.waiting:.0f} waiting to drain within {spec.backlog_drain_seconds:g}s"
+    if spec.burst_memory_seconds and d.history.cv_peaks:
+        demand += f", arrival CV {max(c for _, c in d.history.cv_peaks):.2g} (peak over {spec.burst_memory_seconds:.0f}s)"
     if spec.slo_objective is not None and d.history.headroom != 1.0:
         demand += f", headroom x{d.history.headroom:.2f} from the error budget"
     head = {"scale_up": "scale up", "scale_down": "scale down", "hold": "hold"}[d.action]

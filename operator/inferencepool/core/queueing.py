@@ -436,6 +436,8 @@ class Queue:
         if self.variability == 0:
             return 0.0
         mean = self._conditional_mean(c)
+        if mean == 0:  # underflow (a service time of 1e-300 s): every wait is shorter than any t > 0
+            return 0.0
         tail = math.exp(-t / mean)
         scv = self._conditional_scv(c)
         if scv > 1.0:

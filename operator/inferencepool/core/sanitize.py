@@ -116,6 +116,9 @@ def clean_history(history, now: float):
     if not all(_finite(x) and 0 <= x <= MAX_COUNT for x in tails) or not (
             history.tail_time is None or _finite(history.tail_time)):
         changes.update(tail_observed=0.0, tail_predicted=0.0, tail_time=None)  # the fitted correction restarts at 1
+    peaks = tuple((t, c) for t, c in history.cv_peaks if _finite(t) and _finite(c) and 0 <= c <= MAX_CV)
+    if peaks != tuple(history.cv_peaks):
+        changes["cv_peaks"] = peaks
     state = history.forecaster
     if state is not None and not _forecaster_ok(state, now):
         changes["forecaster"] = None

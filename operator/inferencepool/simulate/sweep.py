@@ -33,16 +33,19 @@ LABELS = {
 class Grid:
     """Knob values per family, and floors as quantiles of the oracle's per-minute need (0 means a floor of 1).
 
-    Ours: (forecast quantile, SLO margin, scale-down window s, objective[, backlog drain s]) tuples; the
+    Ours: (forecast quantile, SLO margin, scale-down window s, objective[, backlog drain s[, burst memory s]])
+    tuples; the
     margin scales the wait target decide() sizes for (the SLO scored stays the scenario's), the objective
     turns on error-budget feedback (PoolSpec.slo_objective), the drain time transient sizing
-    (PoolSpec.backlog_drain_seconds); None: off.
+    (PoolSpec.backlog_drain_seconds), the burst memory sizing for the trailing peak arrival CV
+    (PoolSpec.burst_memory_seconds); None: off.
     """
 
     ours: tuple = ((0.8, 1.0, 300.0, None), (0.9, 1.0, 300.0, None), (0.99, 1.0, 300.0, None), (0.9, 0.5, 300.0, None),
                    (0.9, 1.0, 120.0, None), (0.9, 1.0, 1800.0, None), (0.9, 1.0, 300.0, 0.95),
                    (0.9, 1.0, 300.0, 0.99), (0.9, 1.0, 1800.0, 0.99), (0.9, 1.0, 1800.0, 0.995),
-                   (0.9, 1.0, 300.0, None, 10.0), (0.9, 1.0, 300.0, None, 5.0), (0.9, 1.0, 1800.0, 0.995, 10.0))
+                   (0.9, 1.0, 300.0, None, 10.0), (0.9, 1.0, 300.0, None, 5.0), (0.9, 1.0, 1800.0, 0.995, 10.0),
+                   (0.9, 1.0, 300.0, None, None, 1800.0), (0.9, 1.0, 300.0, 0.99, 10.0, 1800.0))
     reactive: tuple = (1.0, 0.5, 0.25)
     hpa: tuple = (0.4, 0.6, 0.8, 0.9)
     keda: tuple = (1.0, 2.0, 5.0, 10.0)
@@ -57,7 +60,9 @@ QUICK = Grid(ours=((0.9, 1.0, 300.0, None),), reactive=(1.0,), hpa=(0.8,), keda=
              floor_quantiles=(0.0,), static_steps=3)
 COARSE = Grid(ours=((0.9, 1.0, 300.0, None), (0.9, 1.0, 1800.0, None), (0.9, 1.0, 300.0, 0.95),
                     (0.9, 1.0, 300.0, 0.99), (0.9, 1.0, 1800.0, 0.99), (0.9, 1.0, 1800.0, 0.995),
-                   (0.9, 1.0, 300.0, None, 10.0), (0.9, 1.0, 300.0, None, 5.0), (0.9, 1.0, 1800.0, 0.995, 10.0)), reactive=(1.0, 0.5), hpa=(0.5, 0.7, 0.9),
+                   (0.9, 1.0, 300.0, None, 10.0), (0.9, 1.0, 300.0, None, 5.0), (0.9, 1.0, 1800.0, 0.995, 10.0),
+                   (0.9, 1.0, 300.0, None, None, 1800.0), (0.9, 1.0, 300.0, 0.99, None, 900.0),
+                   (0.9, 1.0, 300.0, 0.99, 10.0, 1800.0), (0.9, 1.0, 300.0, 0.995, 10.0, 1800.0)), reactive=(1.0, 0.5), hpa=(0.5, 0.7, 0.9),
               keda=(1.0, 3.0, 10.0), kpa=(0.3, 0.5, 1.0), wva=(0.6, 0.8, 0.9), dynamo=(0.5, 0.7, 0.9),
               floor_quantiles=(0.0, 0.5, 0.9), static_steps=10)
 
@@ -93,11 +98,12 @@ def build(scenario: compare.Scenario, family: str, knob, floor: int):
     scenario = replace(scenario, spec=replace(scenario.spec, min_replicas=floor if family != "static" else 1))
     service, prefill = scenario.service, scenario.prefill
     if family in ("ours", "reactive"):
-        q, margin, window, objective, drain = (tuple(knob) + (None,))[:5] if family == "ours" else (None, knob, None, None, None)
+        q, margin, window, objective, drain, memory = ((tuple(knob) + (None, None))[:6] if family == "ours"
+                                                       else (None, knob, None, None, None, None))
         spec = replace(scenario.spec, slo_target_seconds=scenario.spec.slo_target_seconds * margin,
                        prediction=q is not None, forecast_quantile=q if q is not None else scenario.spec.forecast_quantile,
                        scale_down_window_seconds=window or scenario.spec.scale_down_window_seconds,
-                       slo_objective=objective, backlog_drain_seconds=drain)
+                       slo_objective=objective, backlog_drain_seconds=drain, burst_memory_seconds=memory)
         name = f"ours {_knob('ours', knob)}" if q is not None else f"reactive m{margin:g}"
         from inferencepool.simulate.baselines import ErlangC
 
@@ -163,8 +169,8 @@ def settings(rows: list[dict]) -> dict:
         knob = r["knob"]
         if isinstance(knob, list) and len(knob) == 2:  # ours before the window and objective knobs
             knob = knob + [300.0, None]
-        if isinstance(knob, list) and len(knob) == 4:  # ours before the backlog-drain knob
-            knob = knob + [None]
+        if isinstance(knob, (list, tuple)) and 4 <= len(knob) < 6:  # ours before the drain and burst-memory knobs
+            knob = tuple(knob) + (None,) * (6 - len(knob))
         knob = tuple(knob) if isinstance(knob, list) else knob
         grouped.setdefault((r["scenario"], r["family"], knob, r["floor"]), []).append(r)
     out = {}
@@ -205,9 +211,10 @@ def frontier(rows: list[dict], levels=LEVELS, by: str = "windows") -> dict:
 
 def _knob(family: str, knob) -> str:
     if family == "ours":
-        q, margin, window, objective, drain = (tuple(knob) + (None,))[:5]
+        q, margin, window, objective, drain, memory = (tuple(knob) + (None, None))[:6]
         return (f"q{q:g}" + (f" m{margin:g}" if margin != 1 else "") + (f" w{window:g}" if window != 300 else "")
-                + (f" obj {objective:g}" if objective else "") + (f" drain {drain:g}s" if drain else ""))
+                + (f" obj {objective:g}" if objective else "") + (f" drain {drain:g}s" if drain else "")
+                + (f" cvmem {memory:g}s" if memory else ""))
     return {"reactive": "m{}", "static": "{} replicas", "hpa": "util {}", "keda": "{} waiting", "kpa": "conc {}",
             "wva": "kv {}", "dynamo": "util {}"}[family].format(f"{knob:g}" if isinstance(knob, float) else knob)
 
