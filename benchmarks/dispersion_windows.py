@@ -46,7 +46,7 @@ def main() -> None:
         for window in WINDOWS:
             counts = np.bincount((arrivals // window).astype(int))[:-1] / window
             measured.append((window, signals.dispersion(float(counts.var()), float(counts.mean()), window)))
-        spec = PoolSpec(slo_target_seconds=target, prediction=False, max_replicas=500)
+        spec = PoolSpec(slo_target_seconds=target, prediction=False, max_replicas=500, dispersion_windows=True)
 
         def need(dispersion) -> int:
             obs = Observations(time=0.0, current_replicas=1, ready_replicas=1, arrival_rate=rate, service_time=service,

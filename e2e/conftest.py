@@ -146,7 +146,7 @@ def namespace(cluster: Cluster) -> str:
     # Pods are refused until the namespace's default ServiceAccount exists.
     cluster.wait_until(lambda: cluster.kubectl("-n", name, "get", "sa", "default",
                                                check=False).returncode == 0,
-                       timeout=60, desc=f"default ServiceAccount in {name}")
+                       timeout=180, desc=f"default ServiceAccount in {name}")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

@@ -84,7 +84,9 @@ def test_three_pools_share_a_budget_by_priority(cluster, crd, budget_crd, namesp
     cluster.wait_until(lambda: settled(expected), timeout=120, desc=f"replicas {expected}")
     granted = lambda: {a["pool"]: a["grantedReplicas"] for a in budget_status().get("allocations") or ()}  # noqa: E731
     cluster.wait_until(lambda: granted() == expected, timeout=30, desc="the budget's status after the pools' ticks")
-    status = budget_status()
+    # every pool's want is in the book once each has ticked with its metrics (a pool without them wants what it runs)
+    status = cluster.wait_until(lambda: (lambda s: s if s.get("wantedGPUs") == 9 else None)(budget_status()),
+                                timeout=60, desc="the budget's status with all three pools' wants")
     assert (status["offeredGPUs"], status["otherWorkloadGPUs"], status["availableGPUs"]) == (16, 10, 6)
     assert status["grantedGPUs"] == 6 and status["wantedGPUs"] == 9
     rows = {a["pool"]: a for a in status["allocations"]}

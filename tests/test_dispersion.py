@@ -24,7 +24,8 @@ def _measured(arrivals: np.ndarray, windows=(15.0, 60.0, 300.0)) -> tuple[tuple[
 
 
 def _required(rate: float, service: float, target: float, dispersion) -> int:
-    spec = PoolSpec(slo_target_seconds=target, slo_percentile=0.99, prediction=False, max_replicas=200)
+    spec = PoolSpec(slo_target_seconds=target, slo_percentile=0.99, prediction=False, max_replicas=200,
+                    dispersion_windows=True)
     obs = Observations(time=0.0, current_replicas=1, ready_replicas=1, arrival_rate=rate, service_time=service,
                        arrival_dispersion=dispersion)
     return decide(spec, obs).required_replicas
@@ -116,3 +117,14 @@ def test_the_simulated_fleet_reports_the_same_windows_from_its_completions():
     exact = dict(_measured(arrivals))
     assert mean[60.0] == pytest.approx(exact[60.0], rel=0.35) and mean[300.0] == pytest.approx(exact[300.0], rel=0.5)
     assert all(o.arrival_cv == pytest.approx(math.sqrt(dict(o.arrival_dispersion)[15.0])) for o in late)
+
+
+def test_dispersion_windows_are_opt_in():
+    """By default decide() sizes with the burst window's CV (obs.arrival_cv): the long windows also read a
+    rate shift as burstiness (see PoolSpec.dispersion_windows)."""
+    obs = Observations(time=0.0, current_replicas=1, ready_replicas=1, arrival_rate=3.0, service_time=2.0,
+                       arrival_cv=1.0, arrival_dispersion=((15.0, 1.0), (60.0, 16.0), (300.0, 16.0)))
+    default = decide(PoolSpec(slo_target_seconds=58.0, prediction=False, max_replicas=200), obs)
+    opted = decide(PoolSpec(slo_target_seconds=58.0, prediction=False, max_replicas=200, dispersion_windows=True), obs)
+    assert default.dispersion_timescale is None and default.arrival_cv == 1.0
+    assert opted.arrival_cv == pytest.approx(4.0) and opted.required_replicas > default.required_replicas

@@ -215,7 +215,7 @@ def test_arrival_dispersion_is_read_at_three_windows_and_reaches_decide():
     assert m.arrival_dispersion == ((15.0, pytest.approx(1.0)), (60.0, pytest.approx(4.0)), (300.0, None))
     obs = observe.observations(m, now=1000.0, current_replicas=2, ready_replicas=2)
     assert obs.arrival_dispersion == m.arrival_dispersion
-    spec = policy.PoolSpec(slo_target_seconds=58.0, slots_per_replica=4)  # time scale 2 + 58 = 60 s: I = 4
+    spec = policy.PoolSpec(slo_target_seconds=58.0, slots_per_replica=4, dispersion_windows=True)  # 2 + 58 = 60 s: I = 4
     decision = policy.decide(spec, obs)
     assert decision.dispersion_timescale == pytest.approx(60.0, rel=0.05)
     assert decision.arrival_cv == pytest.approx(2.0, rel=0.05)

@@ -57,6 +57,10 @@ class PoolSpec:
     # the last window's. Burstiness comes in spells (hours of clumped arrivals on ServeGen), and a 2-minute
     # dispersion estimate flickers inside one; the trailing max keeps the headroom through the spell.
     burst_memory_seconds: float | None = None
+    # Size with the arrival dispersion at the time scale the SLO feels (15/60/300 s windows), not the burst
+    # window's CV. Off by default: over a 300 s window's 40-minute span a rate shift reads as burstiness
+    # (a backfilled 2 -> 4 -> 2 req/s history sized 7 replicas where 3 serve, and rose on the way down).
+    dispersion_windows: bool = False
 
     @property
     def replica_cap(self) -> int:
@@ -396,7 +400,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         slots, service_time = capacity.slots, capacity.service_time
     target = wait_target(spec, obs)
     arrival_cv, timescale = obs.arrival_cv, None
-    if obs.arrival_dispersion:
+    if spec.dispersion_windows and obs.arrival_dispersion:
         timescale = dispersion_timescale(service_time, target)
         at = dispersion_at(obs.arrival_dispersion, timescale)
         arrival_cv = math.sqrt(at) if at is not None else arrival_cv
