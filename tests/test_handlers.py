@@ -117,11 +117,11 @@ class FakeRunning:
 class Pool:
     """A pool object whose status is updated from each tick's patch, as the API server would."""
 
-    def __init__(self, spec=SPEC):
+    def __init__(self, spec=SPEC, name="llama", uid="uid-1"):
         self.raw = {
             "apiVersion": "autoscaling.inferencepool.dev/v1alpha1",
             "kind": "InferencePool",
-            "metadata": {"name": "llama", "namespace": "serving", "uid": "uid-1", "generation": 1},
+            "metadata": {"name": name, "namespace": "serving", "uid": uid, "generation": 1},
             "spec": copy.deepcopy(spec),
             "status": {},
         }

@@ -12,24 +12,14 @@ from prometheus_client import CollectorRegistry
 from inferencepool.core.queueing import Queue
 from inferencepool.operator import budget, handlers, observe, workload
 from inferencepool.operator.metrics import OperatorMetrics
-from test_handlers import SPEC, FakeKube, FakeReader, FakeRunning, condition, erlang_c_replicas
+from test_handlers import SPEC, FakeKube, Pool as HandlerPool, FakeReader, FakeRunning, condition, erlang_c_replicas
 
 
-class Pool:
+class Pool(HandlerPool):
+    """test_handlers' pool, named, with spec overrides."""
+
     def __init__(self, name, **spec):
-        self.raw = {"apiVersion": "autoscaling.inferencepool.dev/v1alpha1", "kind": "InferencePool",
-                    "metadata": {"name": name, "namespace": "serving", "uid": f"uid-{name}", "generation": 1},
-                    "spec": {**copy.deepcopy(SPEC), **spec}, "status": {}}
-
-    def tick(self, operator):
-        patch = kopf.Patch()
-        operator.autoscale(body=kopf.Body(self.raw), status=copy.deepcopy(self.raw["status"]), patch=patch)
-        for key, value in (patch.get("status") or {}).items():
-            if value is None:
-                self.raw["status"].pop(key, None)
-            else:
-                self.raw["status"][key] = value
-        return self.raw["status"]
+        super().__init__({**copy.deepcopy(SPEC), **spec}, name=name, uid=f"uid-{name}")
 
 
 @pytest.fixture(autouse=True)
