@@ -179,7 +179,8 @@ def test_helm_install_on_the_bed_with_least_privilege(cluster, namespace):
         assert not can_i(cluster, "get", "secrets", None, sa)
         # a GPUBudget's count of what other workloads hold: lists of nodes and pods everywhere, nothing more
         assert can_i(cluster, "list", "nodes", None, sa) and can_i(cluster, "list", "pods", None, sa)
-        for verb, resource in [("patch", "nodes"), ("get", "nodes"), ("watch", "pods"),
+        # (pods are watched too in this all-namespaces install: the pools' pod index, issue 14)
+        for verb, resource in [("patch", "nodes"), ("get", "nodes"), ("watch", "nodes"), ("delete", "pods"),
                                ("delete", "gpubudgets.autoscaling.inferencepool.dev")]:
             assert not can_i(cluster, verb, resource, None, sa), f"can {verb} {resource} cluster-wide"
     finally:
