@@ -43,10 +43,12 @@ def available() -> str | None:
     """None if this machine can build partitions, else why not (a reason to skip)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
+    probe = f"ipool-probe-{os.getpid()}"
     try:
-        _ip("netns", "list")
+        _ip("netns", "add", probe)
+        _ip("netns", "del", probe)
     except (OSError, RuntimeError) as error:
-        return f"`ip netns` is unavailable: {error}"
+        return f"`ip netns add` is unavailable: {error}"
     return None
 
 
