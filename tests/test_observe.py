@@ -770,3 +770,21 @@ def test_an_answer_over_the_cap_is_refused_before_it_is_read_whole():
     with pytest.raises(ValueError, match="over 50 MB"):
         observe._bounded(big)
     assert big.closed and big.raw.tell() == observe.MAX_ANSWER_BYTES + 1  # read no further than the cap
+
+
+def test_minute_rate_counts_last_minutes_arrivals_by_conservation():
+    q = observe.queries(S)["minute_rate"]
+    assert q == ('sum by (namespace, pool) (rate(vllm:request_success_total{pool!=""}[60s])'
+                 ' or rate(vllm_request_success_total{pool!=""}[60s]))'
+                 ' + sum by (namespace, pool) (delta(vllm:num_requests_waiting{pool!=""}[60s])'
+                 ' or delta(vllm_num_requests_waiting{pool!=""}[60s])) / 60'
+                 ' + sum by (namespace, pool) (delta(vllm:num_requests_running{pool!=""}[60s])'
+                 ' or delta(vllm_num_requests_running{pool!=""}[60s])) / 60')
+    assert "[120s]" in observe.queries(QuerySettings(rate_window="4m", burst_window="30s"))["minute_rate"]  # slow scrape
+    m = observe.pool_metrics(canned(minute_rate=[sample(4.25)]), S)[("serving", "llama")]
+    assert m.minute_rate == 4.25
+    assert observe.observations(m, now=1000.0, current_replicas=3).minute_rate == 4.25
+    # a queue draining faster than the sampled delta can read below 0: no arrivals, not an invalid reading
+    drained = observe.pool_metrics(canned(minute_rate=[sample(-0.4)]), S)[("serving", "llama")]
+    assert drained.minute_rate == 0.0 and drained.invalid_signals == () and drained.arrival_rate is not None
+    assert observe.pool_metrics(canned(), S)[("serving", "llama")].minute_rate is None  # not returned: unknown

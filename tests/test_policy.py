@@ -226,3 +226,50 @@ def test_a_backlog_adds_the_capacity_to_drain_it_within_the_drain_time():
     assert plain.replicas == 30 and drained.replicas == 36 and drained.required_replicas == 36
     assert decide(reactive(backlog_drain_seconds=10.0), observe(current=30, waiting=0.0)).replicas == 30
     assert decide(reactive(backlog_drain_seconds=10.0), observe(current=30)).replicas == 30  # gauge missing
+
+
+def test_hindsight_floor_is_the_upper_quantile_of_the_per_minute_needs():
+    spec = reactive(hindsight_quantile=0.95, hindsight_seconds=3600.0, scale_down_max_step=100, scale_down_window_seconds=60)
+    need = {rate: decide(reactive(min_replicas=0), observe(rate=rate, current=30)).required_replicas for rate in (0.5, SEED_RATE)}
+    assert need[0.5] < need[SEED_RATE] == 30
+    history, current = History(), 30
+    for minute in range(20):  # 18 quiet minutes (0.5/s), then 2 busy ones (100/min), each sized on its minute rate
+        rate = SEED_RATE if minute >= 18 else 0.5
+        d = decide(spec, observe(rate=0.5, current=current, time=60.0 * minute, minute_rate=rate), history)
+        history, current = d.history, d.replicas
+        if minute < 9:  # under ten minutes known: no learnt floor
+            assert d.hindsight_floor is None
+    assert [r for _, r in history.minute_needs] == [need[0.5]] * 18 + [30] * 2
+    # q0.95 of the 21 minutes known (the 20th smallest) is a busy minute's need: held though the rate needs fewer
+    later = decide(spec, observe(rate=0.5, current=current, time=60.0 * 20, minute_rate=0.5), history)
+    assert later.hindsight_floor == 30 and later.replicas == 30 and later.constraint == "hindsight_floor"
+    assert "the learnt floor is 30 (the q0.95 of the per-minute needs over 3600s)" in later.reason
+    # q0.9 of the 21 minutes now known is the 19th smallest (nearest rank, ceil(0.9 x 21)), the last quiet one
+    lower = decide(reactive(hindsight_quantile=0.9, scale_down_max_step=100, scale_down_window_seconds=60),
+                   observe(rate=0.5, current=current, time=60.0 * 20, minute_rate=0.5), history)
+    assert lower.hindsight_floor == need[0.5] and lower.replicas == need[0.5]
+    # minutes older than the horizon are forgotten: an hour on, only quiet minutes remain
+    aged = decide(replace_spec(spec, hindsight_seconds=300.0), observe(rate=0.5, current=30, time=60.0 * 40,
+                                                                       minute_rate=0.5), later.history)
+    assert [r for _, r in aged.history.minute_needs] == [need[0.5]] and aged.hindsight_floor is None
+    restored = History.from_dict(json.loads(json.dumps(later.history.to_dict())))
+    assert restored.minute_needs == later.history.minute_needs
+
+
+def replace_spec(spec: PoolSpec, **changes) -> PoolSpec:
+    from dataclasses import replace
+    return replace(spec, **changes)
+
+
+def test_hindsight_floor_is_off_by_default_and_one_minute_counts_once():
+    assert decide(reactive(), observe(current=30, minute_rate=SEED_RATE)).history.minute_needs == ()
+    spec = reactive(hindsight_quantile=0.9)
+    first = decide(spec, observe(current=30, time=600.0, minute_rate=0.5))
+    again = decide(spec, observe(current=30, time=615.0, minute_rate=SEED_RATE), first.history)
+    assert again.history.minute_needs == ((600.0, 30),)  # the newest read of a minute replaces the older one
+    unknown = decide(spec, observe(current=30, time=630.0), again.history)
+    assert unknown.history.minute_needs == ((600.0, 30),)  # a missing minute rate keeps what the minute had
+    corrupt = decide(spec, observe(current=30, time=660.0), History(minute_needs=((0.0, -3), (float("inf"), 5), (60.0, 4))))
+    assert corrupt.history.minute_needs == ((60.0, 4),)
+    broken = decide(spec, observe(current=30, minute_rate=-1.0))  # impossible: the pool holds, naming the field
+    assert not broken.metrics_available and broken.replicas == 30 and "minute_rate" in broken.reason

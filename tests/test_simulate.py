@@ -317,3 +317,15 @@ def test_a_flat_curve_changes_nothing_and_the_kv_cap_binds_below_the_slots():
     assert capped.waits.tolist() == two.waits.tolist()  # 4 slots but KV for 2 sequences = 2 slots
     kv = [o.kv_cache_usage for o in policy.seen]
     assert all(0.0 <= u <= 1.0 for u in kv) and max(kv) == 1.0 and policy.seen[-1].preemptions == 0.0
+
+
+def test_the_fleet_reports_the_last_minutes_arrival_rate_for_the_hindsight_floor():
+    config = replace(FAST, scrape_delay_seconds=15.0)
+    arrivals = np.concatenate([np.arange(0.0, 60.0, 1.0), np.arange(60.0, 200.0, 0.25)])  # 1/s, then 4/s
+    service = np.full(len(arrivals), 0.1)
+    policy = Recorder([(0.0, 1)])
+    run_fixed(arrivals, service, policy, config)
+    by_time = {o.time: o.minute_rate for o in policy.seen}
+    # seen 15 s late: at 75 s the minute (0, 60] (1/s), at 105 s the minute (30, 90]: 30 at 1/s + 120 at 4/s
+    assert by_time[75.0] == pytest.approx(1.0, abs=1 / 60) and by_time[105.0] == pytest.approx(150 / 60, abs=1 / 60)
+    assert by_time[180.0] == pytest.approx(4.0, abs=1 / 60)  # (105, 165]

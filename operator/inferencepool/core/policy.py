@@ -8,6 +8,7 @@ So what the simulator measures is what the cluster gets.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from inferencepool.core import forecast as fc
@@ -61,6 +62,12 @@ class PoolSpec:
     # window's CV. Off by default: over a 300 s window's 40-minute span a rate shift reads as burstiness
     # (a backfilled 2 -> 4 -> 2 req/s history sized 7 replicas where 3 serve, and rose on the way down).
     dispersion_windows: bool = False
+    # Hindsight floor (off while None): a warm floor at this upper quantile of the pool's own per-minute need
+    # over the trailing `hindsight_seconds`, each minute sized by Erlang-C on its measured arrival rate
+    # (Observations.minute_rate) and service time, not on the forecast's upper bound: what a constant fleet
+    # tuned in hindsight on the recent past does, but moving with the load (see hindsight_floor).
+    hindsight_quantile: float | None = None
+    hindsight_seconds: float = 3600.0
 
     @property
     def replica_cap(self) -> int:
@@ -113,6 +120,9 @@ class Observations:
     wait_exceed_share: float | None = None
     wait_exceed_requests: float | None = None
     wait_window_seconds: float | None = None
+    # Arrivals per second over the last minute (the hindsight floor's per-minute need): observe.py counts them
+    # by conservation, completions + the change of waiting + running over its 60 s dispersion window.
+    minute_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class History:
     tail_predicted: float = 0.0
     tail_time: float | None = None  # when the last window was folded in
     cv_peaks: tuple[tuple[float, float], ...] = ()  # burst memory: (minute start, highest arrival CV in it)
+    minute_needs: tuple[tuple[float, int], ...] = ()  # hindsight floor: (minute start, replicas its rate needed)
 
     def to_dict(self) -> dict:
         """JSON-ready, for the pool's status: a restarted operator resumes from it."""
@@ -153,6 +164,7 @@ class History:
                 tail_predicted=float(data.get("tail_predicted", 0.0)),
                 tail_time=data.get("tail_time"),
                 cv_peaks=tuple((float(t), float(c)) for t, c in data.get("cv_peaks", ())),
+                minute_needs=tuple((float(t), int(r)) for t, r in data.get("minute_needs", ())),
             )
         except (TypeError, ValueError):
             return cls()
@@ -195,6 +207,7 @@ class Decision:
     arrival_cv: float | None = None  # the arrival CV sized with (from arrival_dispersion at dispersion_timescale)
     dispersion_timescale: float | None = None  # seconds; None: obs.arrival_cv was used as it is
     wait_correction: float = 1.0  # the fitted factor on the model's tail (fit_correction)
+    hindsight_floor: int | None = None  # the learnt floor (PoolSpec.hindsight_quantile), when on and known
 
     @property
     def action(self) -> str:
@@ -274,6 +287,37 @@ def remember_burstiness(spec: PoolSpec, obs: Observations, history: History, cv:
     now = max([c for t, c in history.cv_peaks if t == minute] + [cv])
     peaks = tuple(kept) + ((minute, now),)
     return max(c for _, c in peaks), replace(history, cv_peaks=peaks)
+
+
+HINDSIGHT_MIN_MINUTES = 10  # minutes of per-minute needs before the hindsight floor acts
+
+
+def hindsight_floor(spec: PoolSpec, obs: Observations, history: History, need: Callable[[float], int | None]
+                    ) -> tuple[int | None, History]:
+    """The learnt floor: the upper `hindsight_quantile` (nearest rank) of the per-minute needs over the
+    trailing `hindsight_seconds`, and the History with this minute's need recorded (the newest read of a
+    minute replaces the older ones, so each minute counts once). None while off or under
+    HINDSIGHT_MIN_MINUTES minutes are known.
+
+    Why a need per minute on its own measured rate: the SLO is scored per minute, so a constant fleet
+    tuned in hindsight is the upper quantile of these needs; the earlier floor on decide()'s own sized
+    need carried the forecast's upper bound and the 2-minute rate's noise and sat too high (SIMULATE.md).
+    """
+    q = spec.hindsight_quantile
+    if q is None:
+        return None, history
+    minute = math.floor(obs.time / 60.0) * 60.0
+    kept = [(t, r) for t, r in history.minute_needs if obs.time - spec.hindsight_seconds < t < minute]
+    now = need(obs.minute_rate) if _usable(obs.minute_rate) else None
+    if now is not None:
+        kept.append((minute, now))
+    else:
+        kept += [(t, r) for t, r in history.minute_needs if t == minute]
+    history = replace(history, minute_needs=tuple(kept))
+    if len(kept) < HINDSIGHT_MIN_MINUTES:
+        return None, history
+    needs = sorted(r for _, r in kept)
+    return needs[min(math.ceil(q * len(needs)) - 1, len(needs) - 1) if q > 0 else 0], history
 
 
 def _usable(value: float | None) -> bool:
@@ -436,6 +480,22 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     wanted, constraint = required, "falling_demand" if falling and required == current else "slo"
     if wanted < floor:
         wanted, constraint = floor, "warm_floor"
+
+    def minute_need(rate: float) -> int | None:
+        """One past minute's need: Erlang-C on its own rate, at the measured arrival CV (no burst memory)."""
+        if rate == 0:
+            return 0
+        if service_time is None:
+            return None
+        try:
+            servers = _servers_needed(spec, Queue(rate, service_time, obs.arrival_cv, obs.service_cv), target, cap * slots, factor)
+        except TargetUnreachable:
+            return cap
+        return math.ceil(servers / slots)
+
+    learnt, history = hindsight_floor(spec, obs, history, minute_need)
+    if learnt is not None and wanted < min(learnt, cap):
+        wanted, constraint = min(learnt, cap), "hindsight_floor"
     if wanted > cap:
         wanted, constraint = cap, "gpu_budget" if cap < spec.max_replicas else "max_replicas"
     if saturated and constraint in ("slo", "falling_demand"):
@@ -453,7 +513,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
             replicas, constraint = min(stabilised, current), "stabilization"
         if replicas < current - spec.scale_down_max_step:
             replicas, constraint = current - spec.scale_down_max_step, "max_step"
-        replicas = max(replicas, floor)
+        replicas = max(replicas, floor, min(learnt or 0, cap))
 
     observed = Queue(obs.arrival_rate, service_time or 1.0, arrival_cv, obs.service_cv)
     saturated = saturated or observed.load >= cap * slots > 0
@@ -482,6 +542,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         arrival_cv=arrival_cv,
         dispersion_timescale=timescale,
         wait_correction=factor,
+        hindsight_floor=learnt,
     )
     return replace(decision, reason=explain(spec, obs, decision))
 
@@ -552,6 +613,8 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
         "warm_floor": f"the SLO needs {d.required_replicas}, the warm floor is "
                       f"{spec.min_replicas if d.floor is None else d.floor}"
                       + (f" (schedule window {d.floor_window})" if d.floor_window else ""),
+        "hindsight_floor": f"the SLO needs {d.required_replicas}, the learnt floor is {d.hindsight_floor} (the "
+                           f"q{spec.hindsight_quantile or 0:g} of the per-minute needs over {spec.hindsight_seconds:.0f}s)",
         "falling_demand": f"demand is falling: the forecast holds {d.required_replicas} replicas but adds none",
         "max_replicas": f"the SLO needs more than the {spec.max_replicas} max replicas",
         "gpu_budget": f"the GPU budget of {spec.max_gpus} allows {spec.replica_cap} replicas",

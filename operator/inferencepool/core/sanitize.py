@@ -6,7 +6,7 @@ metrics pipeline is broken (a bad recording rule, an exporter bug, a hostile Pro
 as with missing metrics, and the reason names the field. Bounds are far above any real fleet, so no
 real reading trips them:
 
-- arrival_rate <= 1e6 requests/s (10,000 replicas x 100 requests/s each);
+- arrival_rate, minute_rate <= 1e6 requests/s (10,000 replicas x 100 requests/s each);
 - service_time, prefill_time, cold_start_seconds <= 86,400 s (a day);
 - arrival_cv, service_cv <= 100 (an index of dispersion of 10,000; observe.py caps the service CV at 10), and
   each arrival_dispersion entry a window in (0, a day] with an index in [0, 10,000] or unknown;
@@ -53,6 +53,7 @@ BOUNDS = {
     "wait_exceed_share": (1.0, None),
     "wait_exceed_requests": (MAX_COUNT, None),
     "wait_window_seconds": (MAX_SECONDS, None),
+    "minute_rate": (MAX_RATE, None),
 }
 
 
@@ -116,6 +117,9 @@ def clean_history(history, now: float):
     if not all(_finite(x) and 0 <= x <= MAX_COUNT for x in tails) or not (
             history.tail_time is None or _finite(history.tail_time)):
         changes.update(tail_observed=0.0, tail_predicted=0.0, tail_time=None)  # the fitted correction restarts at 1
+    needs = tuple((t, r) for t, r in history.minute_needs if _finite(t) and isinstance(r, int) and r >= 0)
+    if needs != tuple(history.minute_needs):
+        changes["minute_needs"] = needs
     peaks = tuple((t, c) for t, c in history.cv_peaks if _finite(t) and _finite(c) and 0 <= c <= MAX_CV)
     if peaks != tuple(history.cv_peaks):
         changes["cv_peaks"] = peaks

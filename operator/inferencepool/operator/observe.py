@@ -26,6 +26,8 @@ Signals (vLLM's own metric names; histograms are read as _sum/_count/_bucket):
   that bursts slower than 15 s count; decide() picks the one for the pool's time scale
   (policy.dispersion_timescale). Counts over long ranges include trends too, which can only raise the
   estimate (the safe side).
+- minute rate = arrivals over the last minute (the 60 s dispersion window) by the same conservation, for
+  decide()'s hindsight floor (PoolSpec.hindsight_quantile), which sizes each past minute on its own rate.
 - freshness = the newest sample's timestamp; no sample or a stale one leaves every rate unknown (None).
 - load-dependent capacity (core/capacity.py): mean vllm:kv_cache_usage_perc over the pool's series, the
   increase of vllm:num_preemptions_total over the window, and one (mean running per series over the
@@ -202,6 +204,7 @@ def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
         "queue_buckets": rate("request_queue_time_seconds_bucket", ", le"),
         "ttft_buckets": rate("time_to_first_token_seconds_bucket", ", le"),
         **dispersion_queries(s, over),
+        "minute_rate": minute_rate_query(s, over),
         # frozen gauges: waiting/running unchanged while nothing finishes and no token is generated
         "gauge_changes": f"{over('changes', 'num_requests_running')} + {over('changes', 'num_requests_waiting')}",
         "token_growth": over("increase", "generation_tokens_total"),
@@ -247,6 +250,17 @@ def dispersion_queries(settings: QuerySettings, over: Callable[..., str]) -> dic
     return named
 
 
+def minute_rate_query(settings: QuerySettings, over: Callable[..., str]) -> str:
+    """Arrivals per second over the last minute (decide()'s hindsight floor sizes each past minute on it):
+    completions + the change of waiting + running over the 60 s dispersion window (raised with a slow
+    scrape), counted by conservation as dispersion_queries' longer windows are, so that a queue the fleet
+    builds and drains does not move it."""
+    window = settings.dispersion_windows[1]
+    w = f"{window:g}s"
+    return (f"{over('rate', 'request_success_total', w)} + {over('delta', 'num_requests_waiting', w)} / {window:g}"
+            f" + {over('delta', 'num_requests_running', w)} / {window:g}")
+
+
 # ---------------------------------------------------------------- pure parsing
 
 
@@ -262,7 +276,7 @@ def _finite(text) -> float | None:
 # ratio of them, never below 0. No real pool's value exceeds MAX_VALUE (1e12 requests/s, requests or
 # seconds); Prometheus answering 1e308 or -1 with a fresh timestamp is broken, and such a value read as
 # demand would scale a pool down (issue 15). Timestamps and `up` are not load and are not checked here.
-SIGNED = frozenset({"in_system_growth", "waiting_growth"})
+SIGNED = frozenset({"in_system_growth", "waiting_growth", "minute_rate"})  # minute_rate: a sampled delta
 UNCHECKED = frozenset({"newest_sample", "targets_up", "unlabelled_series"})
 MAX_VALUE = 1e12
 
@@ -349,6 +363,7 @@ class PoolMetrics:
     arrival_dispersion: tuple[tuple[float, float | None], ...] = ()  # (window s, index of dispersion or None)
     kv_tokens: float | None = None  # the smallest engine's KV cache in tokens (cache_config_info blocks x block size)
     tokens_per_request: float | None = None  # mean prompt + generated tokens per request over the rate window
+    minute_rate: float | None = None  # arrivals / s over the last minute, by conservation (minute_rate_query)
 
 
 class Pools(dict):
@@ -426,6 +441,7 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
             token_time=get("token_time_mean", key) if get("token_time_mean", key) is not None else get("tpot_mean", key),
             kv_tokens=kv_tokens.get(key),
             tokens_per_request=get("tokens_per_request", key),
+            minute_rate=None if frozen or get("minute_rate", key) is None else max(get("minute_rate", key), 0.0),
         )
         if key in invalid:  # one impossible signal makes the whole reading suspect: no rate, so the pool holds
             pools[key] = replace(pools[key], arrival_rate=None, invalid_signals=invalid[key])
@@ -599,6 +615,7 @@ def observations(
         kv_cache_usage=m.kv_cache_usage,
         preemptions=m.preemptions,
         kv_sequences=m.kv_tokens / m.tokens_per_request if m.kv_tokens and m.tokens_per_request else None,
+        minute_rate=m.minute_rate,
     )
     if m.token_time_points:  # any usable pair (the reader keeps only those): the service is load-dependent
         obs = replace(obs, token_time_curve=TokenTimeCurve.fit(m.token_time_points),

@@ -416,7 +416,7 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
     """What Prometheus shows at `now`, as observe.py reads it: rates and histograms over windows ending `delay`
     ago, the arrival CV from the dispersion of completions per burst window, delayed gauges."""
     seen = now - delay
-    rate = service = prefill = samples = None
+    rate = service = prefill = samples = minute_rate = None
     service_cv = arrival_cv = 1.0
     dispersions = []
     if seen > 0:
@@ -447,6 +447,8 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
                 index = signals.dispersion(sum((r - mean) ** 2 for r in rates) / len(rates), mean, length)
             dispersions.append((length, index))
         arrival_cv = math.sqrt(dispersions[0][1]) if dispersions[0][1] is not None else 1.0
+        minute = min(60.0, seen)
+        minute_rate = (bisect_right(arr, seen) - bisect_right(arr, seen - minute)) / minute
     g = bisect_right(gauge_t, seen) - 1
     return Observations(
         time=now,
@@ -463,4 +465,5 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
         running=float(gauge_run[g]) if g >= 0 else None,
         cold_start_seconds=max(measured_cold[-5:]) if measured_cold else None,
         metrics_age_seconds=delay,
+        minute_rate=minute_rate,
     )
