@@ -225,6 +225,8 @@ BAD_MANIFESTS = [
     ("prediction", {"horizon": "soon"}, ["spec.prediction.horizon", "Measured or a whole number of seconds"]),
     ("cost", {"gpuHourPrice": "cheap"}, ["spec.cost.gpuHourPrice", "decimal price"]),
     ("slotsPerReplica", None, ["spec.slotsPerReplica", "Required value"]),
+    ("headroom", {"hindsightFloor": {"quantile": 0.3}}, ["spec.headroom.hindsightFloor.quantile", "at least 0.5"]),
+    ("headroom", {"backlogDrainSeconds": 0}, ["spec.headroom.backlogDrainSeconds", "greater than or equal to 1"]),
 ]
 
 

@@ -136,6 +136,10 @@ def test_price_as_string_or_number(price):
         ("slo.maxTokenTimeSeconds", "fast", "spec.slo.maxTokenTimeSeconds: must be a number of seconds per output token"),
         ("slo.maxTokenTimeSeconds", 61, "spec.slo.maxTokenTimeSeconds: must be a number of seconds per output token in (0, 60]"),
         ("slo.objective", 1.0, "spec.slo.objective: must be a number strictly between 0 and 1"),
+        ("headroom.backlogDrainSeconds", 0, "spec.headroom.backlogDrainSeconds: must be between 1 and 3600, got 0"),
+        ("headroom.burstMemorySeconds", 86400, "spec.headroom.burstMemorySeconds: must be between 60 and 21600"),
+        ("headroom.hindsightFloor.quantile", 1.0, "spec.headroom.hindsightFloor.quantile: must be a number in [0.5, 1)"),
+        ("headroom.hindsightFloor.windowSeconds", 60, "spec.headroom.hindsightFloor.windowSeconds: must be between 600 and 21600"),
         ("slo.objective", 0, "spec.slo.objective: must be a number strictly between 0 and 1"),
         ("slo.window", "1 minute", "spec.slo.window: must be a whole number with one unit"),
         ("slo.window", 60, "spec.slo.window: must be a whole number with one unit"),
@@ -256,3 +260,24 @@ def test_max_token_time_is_optional_parsed_and_in_the_crd_with_the_same_bounds()
     (rule,) = field["x-kubernetes-validations"]
     assert rule["rule"] == "self > 0.0 && self <= 60.0"
     assert rule["message"].startswith("spec.slo.maxTokenTimeSeconds must be > 0 and at most 60")
+
+
+def test_headroom_rules_are_off_unless_set_and_reach_the_policy():
+    off = parse(MINIMAL).policy
+    assert (off.backlog_drain_seconds, off.burst_memory_seconds, off.hindsight_quantile) == (None, None, None)
+    on = parse(with_(MINIMAL, "headroom", {"backlogDrainSeconds": 10, "burstMemorySeconds": 1800,
+                                           "hindsightFloor": {"quantile": "0.97", "windowSeconds": 1800}})).policy
+    assert (on.backlog_drain_seconds, on.burst_memory_seconds, on.hindsight_quantile, on.hindsight_seconds) == (
+        10.0, 1800.0, 0.97, 1800.0)
+    assert parse(with_(MINIMAL, "headroom.hindsightFloor", {"quantile": 0.9})).policy.hindsight_seconds == 3600.0
+    with pytest.raises(SpecError, match=r"^spec.headroom.hindsightFloor.quantile: is required"):
+        parse(with_(MINIMAL, "headroom.hindsightFloor", {"windowSeconds": 1800}))
+    crd = yaml.safe_load(CRD.read_text())
+    headroom = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["headroom"]
+    drain, memory = headroom["properties"]["backlogDrainSeconds"], headroom["properties"]["burstMemorySeconds"]
+    assert (drain["minimum"], drain["maximum"], memory["minimum"], memory["maximum"]) == (1, 3600, 60, 21600)
+    floor = headroom["properties"]["hindsightFloor"]
+    window = floor["properties"]["windowSeconds"]
+    assert floor["required"] == ["quantile"] and (window["minimum"], window["maximum"], window["default"]) == (600, 21600, 3600)
+    (rule,) = floor["properties"]["quantile"]["x-kubernetes-validations"]
+    assert rule["rule"] == "self >= 0.5 && self < 1.0"

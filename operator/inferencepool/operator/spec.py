@@ -53,6 +53,7 @@ DEFAULTS = {
     "prediction.coldStartSeconds": 180,
     "prediction.quantile": 0.9,
     "metrics.maxAgeSeconds": 120,
+    "headroom.hindsightFloor.windowSeconds": 3600,
     "cost.gpuHourPrice": "0",
     "cost.currency": "USD",
     "mode": "Active",
@@ -273,6 +274,22 @@ def _slo_windows(spec: Mapping) -> tuple[float | None, str, str]:
     return objective, window, period
 
 
+def _headroom(spec: Mapping) -> dict:
+    """spec.headroom: the rules beyond Erlang-C's steady state (PoolSpec's backlog drain, burst memory and
+    hindsight floor), each off while unset, with the CRD's bounds (6 hours at most: one History entry per
+    minute lives in status)."""
+    drain = _integer(spec, "headroom.backlogDrainSeconds", 1, 3600, default=None)
+    memory = _integer(spec, "headroom.burstMemorySeconds", 60, 21600, default=None)
+    window = _integer(spec, "headroom.hindsightFloor.windowSeconds", 600, 21600)
+    quantile = None
+    if _lookup(spec, "headroom.hindsightFloor", None) is not None:
+        quantile = _number(spec, "headroom.hindsightFloor.quantile", lambda q: 0.5 <= q < 1,
+                           "a number in [0.5, 1) such as 0.97")
+    return dict(backlog_drain_seconds=None if drain is None else float(drain),
+                burst_memory_seconds=None if memory is None else float(memory),
+                hindsight_quantile=quantile, hindsight_seconds=float(window))
+
+
 ZERO_NEEDS = ("needs spec.metrics.arrivalRateQuery: with no replica vLLM exports no metrics, so only an upstream "
               "counter (a gateway or router) can see the first request; set it or use minReplicas >= 1")
 
@@ -354,6 +371,7 @@ def parse(spec: Mapping) -> PoolConfig:
         slo_objective=objective,
         schedule=schedule,
         max_token_time_seconds=token_time,
+        **_headroom(spec),
     )
     name = _text(spec, "model.name")
     memory, memory_limit = _quantity(spec, "engine.resources.memory"), _quantity(spec, "engine.resources.memoryLimit")
