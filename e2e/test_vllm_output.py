@@ -140,6 +140,7 @@ def test_the_reader_on_vllms_own_output_escaped_unescaped_and_both(prometheus, e
         assert m.newest_sample_time == pytest.approx(time.time(), abs=10), pool
         assert m.completion_rate == pytest.approx(pods * finished / UPTIME, rel=0.03), pool
         assert m.arrival_rate == pytest.approx(pods * finished / UPTIME, rel=0.03), pool  # gauges steady: no growth
+        assert m.minute_rate == pytest.approx(pods * finished / UPTIME, rel=0.05), pool  # the hindsight floor's signal
         assert m.service_time == pytest.approx(service, rel=0.01), pool
         assert m.service_cv == pytest.approx(midpoint_cv(bounds, counts, service), rel=0.01), pool
         assert m.prefill_time == pytest.approx(total(samples, "request_prefill_time_seconds_sum") / finished, rel=0.01), pool
@@ -154,6 +155,7 @@ def test_the_reader_on_vllms_own_output_escaped_unescaped_and_both(prometheus, e
     # the snapshot served unchanged: 7 running, nothing finishing, no token: stale gauges, not load
     frozen = pools[(NAMESPACE, "frozen")]
     assert frozen.gauges_frozen and (frozen.running, frozen.waiting, frozen.arrival_rate) == (None, None, 0.0)
+    assert frozen.minute_rate is None
     assert not any(pools[(NAMESPACE, p)].gauges_frozen for p in ("text", "escaped", "both", "upgrade"))
 
     # the scrape spacing as the reader measures it (over 20 s here, 5 min in the operator): the bed scrapes every 1 s
