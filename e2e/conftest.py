@@ -4,6 +4,7 @@ Fixtures
   cluster     (session)  the bed, started once (or reused if already up) -> Cluster
   namespace   (function) a fresh namespace name in the bed, deleted after the test
   prometheus  (function) factory starting Prometheus on 127.0.0.1 with a static scrape config
+  chart_operator (function) the chart installed in the namespace; starts operators with its RBAC (operators.py)
 
 Tests are skipped only when the bed's binaries are missing (run e2e/cluster/install, or set
 IPOOL_BED_AUTO_INSTALL=1 to let the fixture run it). A bed that fails to start is an error.
@@ -176,3 +177,14 @@ def prometheus(tmp_path: Path):
     yield start
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def chart_operator(cluster: Cluster, namespace: str, tmp_path: Path):
+    """operators.ChartOperators: chart_operator(prometheus_url, interval=..., rate_window=...) starts an operator
+    with the chart's ServiceAccount; chart_operator.close() (or the teardown) deletes the pools, stops it and
+    uninstalls the chart."""
+    from operators import ChartOperators  # e2e/ is on sys.path (pytest's rootdir conftest)
+
+    with ChartOperators(cluster, namespace, tmp_path) as operator:
+        yield operator
