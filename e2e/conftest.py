@@ -26,6 +26,12 @@ from typing import Any, Callable
 import pytest
 
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
+# Under pytest-xdist (`make test`: -n 2 --dist loadfile) every worker after the first gets its own bed, 100 ports
+# up and in <IPOOL_BED_DIR>-gwN: the tests count on the bed's GPUs and nodes being theirs alone.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+if _worker != "gw0":
+    os.environ["IPOOL_BED_DIR"] = f"{os.environ.get('IPOOL_BED_DIR') or '/tmp/inferencepool-bed'}-{_worker}"
+    os.environ["IPOOL_BED_PORT_BASE"] = str(int(os.environ.get("IPOOL_BED_PORT_BASE") or 24700) + 100 * int(_worker[2:]))
 _spec = importlib.util.spec_from_file_location("ipool_bed", CLUSTER_DIR / "bed.py")
 bed = importlib.util.module_from_spec(_spec)
 sys.modules["ipool_bed"] = bed
