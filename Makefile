@@ -22,5 +22,7 @@ demo: install
 	$(VENV)/bin/inferencepool simulate --sweep --repeat 2 --warm-up repeats --quiet
 
 # Unit, integration and e2e tests, against a real kube-apiserver, KWOK fake GPU nodes and Prometheus.
+# Two pytest-xdist workers, whole files each; the second worker runs its e2e files on a bed of its own
+# (e2e/conftest.py), so e2e tests still run one at a time per bed.
 test: install tools
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile

@@ -4,6 +4,7 @@ Fixtures
   cluster     (session)  the bed, started once (or reused if already up) -> Cluster
   namespace   (function) a fresh namespace name in the bed, deleted after the test
   prometheus  (function) factory starting Prometheus on 127.0.0.1 with a static scrape config
+  chart_operator (function) the chart installed in the namespace; starts operators with its RBAC (operators.py)
 
 Tests are skipped only when the bed's binaries are missing (run e2e/cluster/install, or set
 IPOOL_BED_AUTO_INSTALL=1 to let the fixture run it). A bed that fails to start is an error.
@@ -25,6 +26,12 @@ from typing import Any, Callable
 import pytest
 
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
+# Under pytest-xdist (`make test`: -n 2 --dist loadfile) every worker after the first gets its own bed, 100 ports
+# up and in <IPOOL_BED_DIR>-gwN: the tests count on the bed's GPUs and nodes being theirs alone.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+if _worker != "gw0":
+    os.environ["IPOOL_BED_DIR"] = f"{os.environ.get('IPOOL_BED_DIR') or '/tmp/inferencepool-bed'}-{_worker}"
+    os.environ["IPOOL_BED_PORT_BASE"] = str(int(os.environ.get("IPOOL_BED_PORT_BASE") or 24700) + 100 * int(_worker[2:]))
 _spec = importlib.util.spec_from_file_location("ipool_bed", CLUSTER_DIR / "bed.py")
 bed = importlib.util.module_from_spec(_spec)
 sys.modules["ipool_bed"] = bed
@@ -176,3 +183,14 @@ def prometheus(tmp_path: Path):
     yield start
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def chart_operator(cluster: Cluster, namespace: str, tmp_path: Path):
+    """operators.ChartOperators: chart_operator(prometheus_url, interval=..., rate_window=...) starts an operator
+    with the chart's ServiceAccount; chart_operator.close() (or the teardown) deletes the pools, stops it and
+    uninstalls the chart."""
+    from operators import ChartOperators  # e2e/ is on sys.path (pytest's rootdir conftest)
+
+    with ChartOperators(cluster, namespace, tmp_path) as operator:
+        yield operator

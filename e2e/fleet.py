@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from inferencepool.operator import workload
+from exposition import stop_server
 from vllm_exporter import BLOCK_SIZE, VllmSeries, serve
 
 
@@ -248,6 +249,5 @@ class Fleet:
     def stop(self) -> None:
         self._stop.set()
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_server(self._server)
             self._server = None

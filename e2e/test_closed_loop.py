@@ -20,20 +20,16 @@ from collections import Counter
 import time
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inferencepool.operator.observe import parse_duration  # noqa: E402
 from fleet import Fleet, piecewise  # noqa: E402
-import test_operator  # noqa: E402
+from operators import OperatorProcess, sa_kubeconfig  # noqa: E402,F401 - sa_kubeconfig: for test_chart_upgrade
 from test_operator import (  # noqa: E402
-    H100, OperatorProcess, conditions, erlang_c_replicas, get_pool, pool_events, pool_manifest, replicas)
+    H100, conditions, erlang_c_replicas, get_pool, pool_events, pool_manifest, replicas)
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "inferencepool-operator"
 SLOTS, SERVICE_TIME, SLO_SECONDS, WARM_FLOOR, MAX_REPLICAS, WINDOW = 4, 1.0, 2.0, 2, 8, 30
 INTERVAL, RATE_WINDOW = 2, "15s"  # the operator's decision interval and rate window, short for the test
 BASE, PEAK = 2.0, 14.0
@@ -42,18 +38,6 @@ T_BASE, T_RAMP, T_HOLD = 30.0, 90.0, 30.0
 BURST = (T_BASE, T_BASE + T_RAMP + T_HOLD)
 RATE = piecewise((T_BASE, BASE, BASE), (T_RAMP, BASE, PEAK), (T_HOLD, PEAK, PEAK), (1.0, BASE, BASE))
 POOLS = {"ahead": True, "reactive": False}
-
-
-def sa_kubeconfig(cluster, namespace: str, sa: str, path: Path) -> Path:
-    """A kubeconfig with the ServiceAccount's token: the operator runs with exactly the chart's RBAC."""
-    token = cluster.kubectl("-n", namespace, "create", "token", sa, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "bed", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "bed", "user": "sa", "namespace": namespace}}]}))
-    return path
 
 
 def decisions(op: OperatorProcess, pool: str, t0_wall: float) -> list[dict]:
@@ -65,14 +49,7 @@ def decisions(op: OperatorProcess, pool: str, t0_wall: float) -> list[dict]:
     return out
 
 
-def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, monkeypatch):
-    monkeypatch.setattr(test_operator, "INTERVAL", INTERVAL)  # read by OperatorProcess.start()
-    monkeypatch.setattr(test_operator, "RATE_WINDOW", RATE_WINDOW)
-    release = namespace  # unique cluster-scoped names per test
-    cluster.helm("install", release, str(CHART), "--namespace", namespace, "--set", "prometheus.url=http://127.0.0.1:1")
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/inferencepools.autoscaling.inferencepool.dev")
-    kubeconfig = sa_kubeconfig(cluster, namespace, f"{release}-inferencepool-operator", tmp_path / "sa.kubeconfig")
-
+def test_burst_meets_ready_capacity(cluster, namespace, prometheus, chart_operator):
     fleets = {name: Fleet(cluster.api_client(), namespace, name, SLOTS, RATE, SERVICE_TIME, seed=7) for name in POOLS}
     spec = dict(slotsPerReplica=SLOTS, minReplicas=WARM_FLOOR, maxReplicas=MAX_REPLICAS,
                 slo={"metric": "QueueWait", "percentile": 0.99, "targetSeconds": SLO_SECONDS},
@@ -80,15 +57,13 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
     for name, ahead in POOLS.items():
         cluster.apply(pool_manifest(name, product=H100, prediction={"enabled": ahead, "coldStartSeconds": 15}, **spec),
                       namespace=namespace)
-    op = None
     try:
         for fleet in fleets.values():
             fleet.start()
         t0_wall = time.time() - fleets["ahead"].now()
         prom = prometheus(scrape_configs=[{"job_name": "vllm", "static_configs": [
             {"targets": [f.target for f in fleets.values()]}]}])
-        op = OperatorProcess(SimpleNamespace(kubeconfig=kubeconfig, env=cluster.env), namespace, prom.url,
-                             tmp_path / "operator.log").start()
+        op = chart_operator(prom.url, interval=INTERVAL, rate_window=RATE_WINDOW)
 
         timeline: list[tuple] = []
         def sample():
@@ -112,11 +87,7 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, tmp_path, mo
     finally:
         for fleet in fleets.values():
             fleet.stop()
-        if op:
-            cluster.kubectl("-n", namespace, "delete", "ipool", "--all", "--wait=true", "--timeout=60s", check=False)
-            op.stop()
-        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
-        print("---- operator log (tail) ----\n" + (tmp_path / "operator.log").read_text()[-6000:])
+        chart_operator.close()  # pools deleted, operator stopped, chart uninstalled: the figures below are final
 
     # ---- figures
     report = {"timeline (t, rate, replicas ahead/reactive, ready ahead/reactive)": timeline}

@@ -16,11 +16,11 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exposition import serve_exposition, stop_server  # noqa: E402
 from test_operator import (  # noqa: E402,F401 - fixtures and helpers
     INTERVAL, conditions, crd, exporters, get_pool, operator, pool_events, pool_manifest, replicas, robust_answer,
     scrape_config, wait_for_full_window,
@@ -132,23 +132,8 @@ class GatewayCounter:
     def __init__(self, route: str):
         self.route, self.rate, self.count, self.visible = route, 0.0, 0.0, True
         self._since, self._lock = time.monotonic(), threading.Lock()
-        counter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                body = counter.exposition().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve_exposition(lambda path: self.exposition())
         self.target = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def set_rate(self, rate: float) -> None:
         with self._lock:
@@ -169,8 +154,7 @@ class GatewayCounter:
                     f'gateway_requests_total{{route="{self.route}"}} {self.count:.3f}\n')
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_server(self.server)
 
 
 def test_a_pool_at_zero_wakes_when_the_upstream_counter_rises(cluster, namespace, operator, prometheus):

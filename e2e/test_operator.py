@@ -12,10 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,12 +21,11 @@ import pytest
 from inferencepool.core.queueing import Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from operators import INTERVAL, RATE_WINDOW, OperatorProcess, Operators, free_port  # noqa: E402,F401 - used by other e2e files
 from vllm_exporter import VllmExporter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "inferencepools.autoscaling.inferencepool.dev.yaml"
-INTERVAL = 3
-RATE_WINDOW = "30s"
 H100 = "NVIDIA-H100-80GB-HBM3"
 L4 = "NVIDIA-L4"
 
@@ -44,65 +39,6 @@ def crd(cluster):
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/inferencepools.autoscaling.inferencepool.dev")
     return CRD
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OperatorProcess:
-    """`python -m inferencepool.operator.run` against the bed, for one namespace; its log is kept for failures."""
-
-    def __init__(self, cluster, namespace: str, prometheus_url: str, log_path: Path, interval: float = INTERVAL):
-        self.cluster, self.namespace, self.prometheus_url, self.log_path = cluster, namespace, prometheus_url, log_path
-        self.interval = interval
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> OperatorProcess:
-        command = [
-            sys.executable, "-m", "inferencepool.operator.run",
-            "--kubeconfig", str(self.cluster.kubeconfig),
-            "--namespace", self.namespace,
-            "--prometheus-url", self.prometheus_url,
-            "--interval", str(self.interval),
-            "--rate-window", RATE_WINDOW,
-            "--burst-window", "6s",
-            "--metrics-port", str(self.metrics_port),
-            "--metrics-address", "127.0.0.1",
-        ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.cluster.env, start_new_session=True)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def decisions(self, event: str = "decision") -> list[dict]:
-        lines = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == event:
-                lines.append(entry)
-        return lines
-
-    def metrics_text(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
 
 
 @pytest.fixture
@@ -123,22 +59,9 @@ def exporters():
 
 @pytest.fixture
 def operator(cluster, crd, namespace, tmp_path):
-    """Factory: operator(prometheus_url) starts one; pools are deleted before it stops (finalizers)."""
-    running: list[OperatorProcess] = []
-
-    def start(prometheus_url: str, interval: float = INTERVAL) -> OperatorProcess:
-        op = OperatorProcess(cluster, namespace, prometheus_url, tmp_path / "operator.log", interval).start()
-        running.append(op)
-        return op
-
-    yield start
-    if running and running[-1].proc.poll() is None:
-        cluster.kubectl("-n", namespace, "delete", "ipool", "--all", "--wait=true", "--timeout=60s", check=False)
-    for op in running:
-        op.stop()
-    log = tmp_path / "operator.log"
-    if log.exists():  # pytest shows this only when the test failed
-        print("---- operator log (tail) ----\n" + log.read_text()[-20000:])
+    """Factory: operator(prometheus_url, interval=...) starts one; pools are deleted before it stops (finalizers)."""
+    with Operators(cluster, namespace, tmp_path / "operator.log") as start:
+        yield start
 
 
 def wait_for_full_window(prom, pool: str) -> None:

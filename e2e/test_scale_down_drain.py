@@ -17,31 +17,21 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import Fleet  # noqa: E402
-import test_operator  # noqa: E402
-from test_closed_loop import CHART, sa_kubeconfig  # noqa: E402
-from test_operator import L4, OperatorProcess, crd, pool_manifest, replicas  # noqa: E402,F401 - crd is a fixture
+from operators import OperatorProcess  # noqa: E402
+from test_operator import L4, crd, pool_manifest, replicas  # noqa: E402,F401 - crd is a fixture
 
-POOL, SLOTS, GRACE = "drain", 10, 60
+POOL, SLOTS, GRACE, INTERVAL = "drain", 10, 60, 2
 LONG, DRAINING = 3600.0, 45.0  # A's requests outlive the test; C's finish within C's grace period
 BACKGROUND_RATE, BACKGROUND_SERVICE = 1.0, 0.5
 
 
 def deletion_cost_logs(op: OperatorProcess) -> list[dict]:
-    out = []
-    for line in op.log_path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("event") == "deletion costs" and entry.get("pool") == POOL:
-            out.append(entry)
-    return out
+    return [entry for entry in op.decisions("deletion costs") if entry.get("pool") == POOL]
 
 
 def pod_names(cluster, namespace: str, live_only: bool = False) -> list[str]:
@@ -50,20 +40,12 @@ def pod_names(cluster, namespace: str, live_only: bool = False) -> list[str]:
 
 
 def test_scale_down_removes_the_idlest_pods_and_drains_in_flight_requests(  # noqa: F811 - crd is a fixture
-        cluster, crd, namespace, prometheus, tmp_path, monkeypatch):
-    monkeypatch.setattr(test_operator, "INTERVAL", 2)
-    release = namespace
-    cluster.helm("install", release, str(CHART), "--namespace", namespace, "--set", "prometheus.url=http://127.0.0.1:1")
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/inferencepools.autoscaling.inferencepool.dev")
-    kubeconfig = sa_kubeconfig(cluster, namespace, f"{release}-inferencepool-operator", tmp_path / "sa.kubeconfig")
-
+        cluster, crd, namespace, prometheus, chart_operator):
     fleet = Fleet(cluster.api_client(), namespace, POOL, SLOTS, lambda t: BACKGROUND_RATE, BACKGROUND_SERVICE, seed=3)
-    op = None
     try:
         fleet.start()
         prom = prometheus(scrape_configs=[{"job_name": "vllm", "static_configs": [{"targets": [fleet.target]}]}])
-        op = OperatorProcess(SimpleNamespace(kubeconfig=kubeconfig, env=cluster.env), namespace, prom.url,
-                             tmp_path / "operator.log").start()
+        op = chart_operator(prom.url, interval=INTERVAL)
         cluster.apply(pool_manifest(
             POOL, product=L4, minReplicas=3, maxReplicas=4, slotsPerReplica=SLOTS,
             scaleDown={"stabilizationWindowSeconds": 0, "maxStep": 2},
@@ -96,11 +78,7 @@ def test_scale_down_removes_the_idlest_pods_and_drains_in_flight_requests(  # no
         requests = list(fleet.requests)
     finally:
         fleet.stop()
-        if op:
-            cluster.kubectl("-n", namespace, "delete", "ipool", "--all", "--wait=true", "--timeout=60s", check=False)
-            op.stop()
-        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
-        print("---- operator log (tail) ----\n" + (tmp_path / "operator.log").read_text()[-6000:])
+        chart_operator.close()  # pools deleted, operator stopped, chart uninstalled
 
     # the operator made the scale-down (a spec edit once dropped the Deployment to 1 replica by itself)
     assert costs, "no deletion costs logged: the replicas fell without the operator"

@@ -63,22 +63,6 @@ def unix(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-class FastScrapeOperator(OperatorProcess):
-    """The test's operator, told the 1 s scrape interval (it measures it only after 5 min of samples)."""
-
-    def start(self):
-        import subprocess
-
-        command = [sys.executable, "-m", "inferencepool.operator.run", "--kubeconfig", str(self.cluster.kubeconfig),
-                   "--namespace", self.namespace, "--prometheus-url", self.prometheus_url, "--interval", "2",
-                   "--rate-window", "30s", "--burst-window", "6s", "--scrape-interval", "1",
-                   "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.cluster.env, start_new_session=True)
-        return self
-
-
 def test_status_reports_the_attainment_and_budget_of_the_served_histogram(cluster, crd, namespace, prometheus,
                                                                          exporters, tmp_path):
     name = "slo"
@@ -87,7 +71,9 @@ def test_status_reports_the_attainment_and_budget_of_the_served_histogram(cluste
     exporter.wait_for = served
     started = time.time()
     prom = prometheus(scrape_configs=[scrape_config(name, namespace, exporter)])
-    op = FastScrapeOperator(cluster, namespace, prom.url, tmp_path / "operator.log").start()
+    # told the 1 s scrape interval (the operator measures it only after 5 min of samples)
+    op = OperatorProcess(cluster, namespace, prom.url, tmp_path / "operator.log", interval=2,
+                         extra_args=("--scrape-interval", "1")).start()
     try:
         cluster.apply(pool_manifest(name, slo={"metric": "QueueWait", "percentile": PERCENTILE, "targetSeconds": TARGET,
                                                "objective": OBJECTIVE, "window": f"{WINDOW}s", "period": f"{PERIOD}s"}),

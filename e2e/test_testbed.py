@@ -4,14 +4,14 @@ Timing checks are semantic only ("not Ready before the cold start"), never about
 """
 from __future__ import annotations
 
-import http.server
 import ipaddress
 import json
-import threading
 import time
 from datetime import datetime
 
 import pytest
+
+from exposition import serve_exposition, stop_server
 
 GPU = "nvidia.com/gpu"
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -200,20 +200,8 @@ def text_format_exporter(prometheus_client, registry):
     Why not prometheus_client.start_http_server: Prometheus 2.42 asks for OpenMetrics first, and
     prometheus_client's OpenMetrics writer (0.26 here) renames samples `vllm:x` to `vllm_x`; the
     text format keeps vLLM's metric names, so fake vLLM exporters should serve it."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = prometheus_client.generate_latest(registry)
-            self.send_response(200)
-            self.send_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_exposition(lambda path: prometheus_client.generate_latest(registry),
+                            prometheus_client.CONTENT_TYPE_LATEST)
 
 
 def test_prometheus_scrapes_a_loopback_exporter(prometheus):
@@ -234,7 +222,7 @@ def test_prometheus_scrapes_a_loopback_exporter(prometheus):
         waiting.labels(model_name="llama").set(3)
         prom.wait_for('vllm:num_requests_waiting{model_name="llama"} == 3', timeout=60)
     finally:
-        server.shutdown()
+        stop_server(server)
 
 
 def test_prometheus_refuses_non_loopback_targets(prometheus):

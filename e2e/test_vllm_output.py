@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,9 @@ from inferencepool.operator import observe
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from vllm_exposition import FILES, cumulative, midpoint_cv, total, vllm_samples  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "e2e"))
+from exposition import serve_exposition, stop_server  # noqa: E402
 
 UPTIME = 600.0  # seconds of load behind the files' counters (see their README)
 CONTENT_TYPES = {  # what prometheus_client 0.26's choose_encoder answers for each
@@ -61,26 +62,13 @@ def exposition_server():
     texts["frozen"] = texts["text"]  # served as it is: an engine that stopped stepping with 7 requests inside
     start = time.monotonic()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            name = self.path.strip("/")
-            factor = 1.0 if name == "frozen" else 1 + (time.monotonic() - start) / UPTIME
-            body = grown(texts[name], factor).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPES[name])
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def render(path: str) -> str:
+        name = path.strip("/")
+        return grown(texts[name], 1.0 if name == "frozen" else 1 + (time.monotonic() - start) / UPTIME)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_exposition(render, lambda path: CONTENT_TYPES[path.strip("/")])
     yield f"127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    stop_server(server)
 
 
 def query_error(url: str, expr: str) -> str:

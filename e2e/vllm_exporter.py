@@ -18,10 +18,10 @@ import math
 import threading
 import time
 
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_wsgi_server
+
+from exposition import serve_exposition, stop_server
 
 LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # vLLM's request_latency_buckets
@@ -162,22 +162,7 @@ def serve(registry: CollectorRegistry, host: str, port: int, exposition: str = "
         server, _ = start_wsgi_server(port, host, registry)
         return server
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            body = generate_latest(registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="vllm-metrics-http", daemon=True).start()
-    return server
+    return serve_exposition(lambda path: generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4, host, port)
 
 
 class VllmExporter:
@@ -254,8 +239,7 @@ class VllmExporter:
         """Stop serving: Prometheus's next scrape fails and the pool's series go stale."""
         self._stop.set()
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_server(self._server)
             self._server = None
 
     def __enter__(self) -> VllmExporter:
