@@ -23,9 +23,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from operators import Operators  # noqa: E402
 from test_operator import (  # noqa: E402,F401  (crd, exporters are fixtures)
-    INTERVAL, RATE_WINDOW, crd, exporters, free_port, get_pool, pool_events, pool_manifest, replicas,
-    robust_answer, scrape_config, wait_for_full_window)
+    INTERVAL, crd, exporters, get_pool, pool_events, pool_manifest, replicas, robust_answer, scrape_config,
+    wait_for_full_window)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "inferencepool-operator"
@@ -59,38 +60,8 @@ def test_the_chart_with_two_replicas_passes_the_restricted_pod_security_standard
         cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
 
 
-class Replica:
-    """`inferencepool run` as a chart replica runs it (peering, no priority), as a local process."""
-
-    def __init__(self, cluster, namespace, prometheus_url, log_path: Path):
-        self.log_path = log_path
-        command = [sys.executable, "-m", "inferencepool.operator.run", "--kubeconfig", str(cluster.kubeconfig),
-                   "--namespace", namespace, "--prometheus-url", prometheus_url, "--interval", str(INTERVAL),
-                   "--rate-window", RATE_WINDOW, "--burst-window", "6s", "--metrics-port", str(free_port()),
-                   "--metrics-address", "127.0.0.1", f"--peering={FULLNAME}"]
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=cluster.env, start_new_session=True)
-
-    def decisions(self) -> list[float]:
-        times = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == "decision":
-                times.append(datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp())
-        return times
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+def decision_times(op) -> list[float]:
+    return [datetime.fromisoformat(d["timestamp"].replace("Z", "+00:00")).timestamp() for d in op.decisions()]
 
 
 def test_the_standby_takes_over_when_the_active_replica_dies_and_never_two_write(cluster, crd, namespace, exporters,
@@ -107,8 +78,9 @@ def test_the_standby_takes_over_when_the_active_replica_dies_and_never_two_write
     exporter = exporters(2.0, 1.5)
     prom = prometheus(scrape_configs=[scrape_config(name, namespace, exporter)])
     wait_for_full_window(prom, name)
-    replicas_ = [Replica(cluster, namespace, prom.url, tmp_path / f"replica-{i}.log") for i in range(2)]
-    try:
+    # two replicas as the chart runs them: its rendered --peering, no --priority
+    with Operators(cluster, namespace, tmp_path / "replica.log", extra_args=(f"--peering={FULLNAME}",)) as operator:
+        replicas_ = [operator(prom.url, log_path=tmp_path / f"replica-{i}.log") for i in range(2)]
         cluster.apply(pool_manifest(name), namespace=namespace)
         cluster.wait_until(lambda: replicas(cluster, namespace, name) == expected, timeout=120, desc=f"{expected} replicas")
         time.sleep(2 * INTERVAL)  # at start-up the first replica may act for a tick before it sees its peer
@@ -120,11 +92,11 @@ def test_the_standby_takes_over_when_the_active_replica_dies_and_never_two_write
         before = len(standby.decisions())
         killed = time.time()
         active.stop(signal.SIGKILL)
-        first = cluster.wait_until(lambda: next(iter(standby.decisions()[before:]), None), timeout=180,
+        first = cluster.wait_until(lambda: next(iter(decision_times(standby)[before:]), None), timeout=180,
                                    desc="the standby deciding")
         took_over = first - killed
         cluster.wait_until(lambda: len(standby.decisions()) >= before + 3, timeout=60, desc="the standby keeps deciding")
-        assert max(active.decisions()) < killed  # the dead one wrote nothing after its death
+        assert max(decision_times(active)) < killed  # the dead one wrote nothing after its death
         assert replicas(cluster, namespace, name) == expected
         assert get_pool(cluster, namespace, name)["status"]["desiredReplicas"] == expected
         scaled = [e for e in pool_events(cluster, namespace, name) if e["reason"] in ("ScaledUp", "ScaledDown")]
@@ -134,7 +106,3 @@ def test_the_standby_takes_over_when_the_active_replica_dies_and_never_two_write
         print(json.dumps(report))
         if os.environ.get("IPOOL_CHAOS_REPORT"):
             Path(os.environ["IPOOL_CHAOS_REPORT"]).write_text(json.dumps(report, indent=1))
-    finally:
-        cluster.kubectl("-n", namespace, "delete", "ipool", "--all", "--wait=true", "--timeout=60s", check=False)
-        for r in replicas_:
-            r.stop()
