@@ -33,6 +33,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ipool_bed as bed  # noqa: E402  (loaded by conftest)
 import netns  # noqa: E402
+from chaos_report import report  # noqa: E402
 from test_operator import (  # noqa: E402,F401  (crd is a fixture)
     INTERVAL, RATE_WINDOW, OperatorProcess, conditions, crd, get_pool, pool_events, pool_manifest, replicas,
     robust_answer, scrape_config, wait_for_full_window)
@@ -125,14 +126,6 @@ def _settled(b) -> None:
     cluster.wait_until(ok, timeout=180, desc=f"every pool at {expected} Ready replicas, metrics fresh")
 
 
-def _report(fault: str, figures: dict) -> None:
-    print(json.dumps({fault: figures}, indent=1))
-    path = os.environ.get("IPOOL_CHAOS_REPORT")
-    if path:
-        report = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        Path(path).write_text(json.dumps({**report, fault: figures}, indent=1))
-
-
 def _history_count(pool: dict) -> int:
     return json.loads(pool["status"]["history"])["forecaster"]["count"]
 
@@ -186,7 +179,7 @@ def test_prometheus_link_cut_holds_names_the_cause_and_recovers(bed_partition):
     assert lowest == expected
     assert op.proc.poll() is None, "the operator exited"
     assert "Traceback" not in op.log_path.read_text()
-    _report("prometheus_link_cut", {"detected_s": round(detected, 1), "cut_s": round(back - start, 1),
+    report("prometheus_link_cut", {"detected_s": round(detected, 1), "cut_s": round(back - start, 1),
                                     "recovered_s": round(recovered, 1)})
 
 
@@ -242,7 +235,7 @@ def test_apiserver_link_cut_holds_and_every_pool_is_decided_again(bed_partition)
     escalated = [line for line in log.splitlines() if "escalating" in line and "/events ->" not in line]
     assert not escalated, escalated[:3]
     assert "Traceback" not in log
-    _report("apiserver_link_cut", {"cut_s": round(back - start, 1),
+    report("apiserver_link_cut", {"cut_s": round(back - start, 1),
                                    "first_api_error_logged_s": None if first_error is None else round(first_error, 1),
                                    "api_errors_logged": len(_api_errors(log)),
                                    "decisions_logged_while_cut": decided_during,

@@ -24,20 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ipool_bed as bed  # noqa: E402  (loaded by conftest)
+from chaos_report import report  # noqa: E402
 from test_operator import (  # noqa: E402,F401  (crd, exporters, operator are fixtures)
     H100, INTERVAL, conditions, crd, exporters, get_pool, operator, pool_events, pool_manifest, replicas,
     robust_answer, scrape_config, wait_for_full_window)
 
 CHAOS_PRODUCT = "NVIDIA-A10G-chaos"  # on the nodes of test_gpu_node_removed... alone
 PODGC = os.environ.get("IPOOL_CHAOS_PODGC") == "1"  # wait for the pod garbage collector (~50 s more)
-
-
-def _report(fault: str, figures: dict) -> None:
-    print(json.dumps({fault: figures}, indent=1))
-    path = os.environ.get("IPOOL_CHAOS_REPORT")
-    if path:
-        report = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        Path(path).write_text(json.dumps({**report, fault: figures}, indent=1))
 
 
 def _owned(cluster, namespace: str) -> str:
@@ -85,7 +78,7 @@ def test_pool_deleted_while_its_pods_cold_start(cluster, namespace, operator, pr
     errors = [line for line in log.splitlines() if '"level": "error"' in line and name in line]
     assert not errors, errors[:3]
     assert op.proc.poll() is None
-    _report("pool_deleted_during_cold_start", {"pool_gone_s": round(pool_gone, 1),
+    report("pool_deleted_during_cold_start", {"pool_gone_s": round(pool_gone, 1),
                                                "deployment_service_pods_gone_s": round(owned_gone, 1),
                                                "events_on_pool": len(events_then)})
 
@@ -181,7 +174,7 @@ def test_gpu_node_removed_under_running_replicas(cluster, namespace, operator, e
         assert any(e["type"] == "Normal" and e["reason"] != "InsufficientGPUs" and "ScalingLimited=False" in e["message"]
                    for e in pool_events(cluster, namespace, name))
         assert op.proc.poll() is None and "Traceback" not in op.log_path.read_text()
-        _report("gpu_node_removed", {"pods_removed_by": "pod garbage collector" if PODGC else "the test (force)",
+        report("gpu_node_removed", {"pods_removed_by": "pod garbage collector" if PODGC else "the test (force)",
                                      "pods_gone_s": None if pods_gone is None else round(pods_gone, 1),
                                      "scaling_limited_s": round(detected, 1),
                                      "converged_after_node_back_s": round(recovered, 1)})
