@@ -304,7 +304,7 @@ def test_a_hung_prometheus_of_one_pool_does_not_delay_the_pools_of_another():
 # ---------------------------------------------------------------- the timer and the selector
 
 
-def test_the_timer_is_sharp_and_the_selector_filters_every_pool_handler():
+def test_every_pool_joins_the_round_and_the_selector_filters_every_pool_handler():
     parser = run.configure_parser(argparse.ArgumentParser())
     args = parser.parse_args(["--selector", "autoscaling.inferencepool.dev/shard=2,!paused", "--interval", "15"])
     def registered(labels):
@@ -316,8 +316,8 @@ def test_the_timer_is_sharp_and_the_selector_filters_every_pool_handler():
     registry = registered(args.selector)
     pools = [h for h in registry._spawning.get_all_handlers() + registry._changing.get_all_handlers()  # noqa: SLF001
              if h.selector.any_name == handlers.RESOURCE[2]]
-    (timer,) = [h for h in pools if h.id == "autoscale"]
-    assert timer.sharp and timer.interval == 15 and timer.initial_delay is None  # a new pool: decided at once
+    (member,) = [h for h in pools if h.id == "autoscale"]  # the pool's place in the round (rounds.py)
+    assert type(member).__name__ == "DaemonHandler" and member.initial_delay is None  # a new pool: decided at once
     assert {h.id for h in pools} == {"autoscale", "create-workload", "resume-workload", "update-workload/spec", "forget"}
     assert all(h.labels == {"autoscaling.inferencepool.dev/shard": "2", "paused": kopf.ABSENT} for h in pools)
     indexes = {h.id for h in registry._indexing.get_all_handlers()}  # noqa: SLF001

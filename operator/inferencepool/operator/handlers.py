@@ -1,7 +1,7 @@
 """Kopf handlers: glue between the cluster, Prometheus and policy.decide(). No decisions are made here.
 
 - create / update / resume: server-side apply the pool's Deployment and Service (adopting existing ones).
-- a timer per pool, every `interval` (sharp: on a fixed grid, however long a run took): read the pool's
+- every pool once per `interval`, in one round (rounds.py; on a fixed grid, however long a run took): read the pool's
   metrics (one batched Prometheus read per interval serves every pool), its Deployment and pods (from
   Kopf indexes fed by watches: memory, not a GET and a LIST per pool per tick, see `Kube`); decide; apply the replica count (that field alone) only
   when it changes (when it falls, after setting the pods' deletion costs: drain.py, the idlest go first);
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import kopf
 
-from inferencepool.operator import drain, logs, modes, observe, slo as pool_slo, spec as pool_spec, status as pool_status, workload
+from inferencepool.operator import drain, logs, modes, observe, rounds, slo as pool_slo, spec as pool_spec, status as pool_status, workload
 from inferencepool.operator.budget import BudgetBook
 from inferencepool.core import policy
 from inferencepool.operator.metrics import OperatorMetrics
@@ -150,6 +150,14 @@ class Kube:
             if error.status == 404:
                 return None
             raise
+
+    def patch_status(self, namespace: str, name: str, status: Mapping) -> None:
+        """A merge patch of the pool's status subresource (None removes a field), as Kopf writes one."""
+        from kubernetes import client
+
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            *RESOURCE[:2], namespace, RESOURCE[2], name, {"status": dict(status)},
+            _content_type="application/merge-patch+json")
 
     def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         """A merge patch of the pod's annotations (the deletion cost), nothing else."""
@@ -385,6 +393,10 @@ class Operator:
         self.metrics.record_mode(namespace, name, config.mode, live_replicas)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
+    def status_not_written(self, key: tuple[str, str]) -> None:
+        """The status patch failed: write it at the next decision whatever changed."""
+        self._status[key] = (None, self._status.get(key, (None, {}))[1])
+
     def forget(self, body, **_) -> None:
         """On delete: drop the pool's series from the operator's /metrics and its curve history (owner refs
         delete the rest)."""
@@ -496,18 +508,20 @@ class Operator:
 def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float,
              labels: Mapping | None = None, watch: bool = True, initial_delay: float | None = None) -> None:
     """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag). `labels`: only
-    the pools that carry them (a shard's, `--selector`). The timer is sharp: a pool is decided on a fixed
-    grid of `interval`, not `interval` after its last run ended; a new pool is decided at once, or with
-    peering after `initial_delay`, so that a replica that just started does not write beside one that has
-    not yet seen it and paused (two ScaledUp Events for one scale, issue 15)."""
+    the pools that carry them (a shard's, `--selector`). Every pool is decided in one round per `interval`
+    (rounds.py: a fixed grid, not `interval` after a late run); a Kopf daemon per pool only says it is in
+    the round. A new pool is decided at once, or with peering after `initial_delay`, so that a replica that
+    just started does not write beside one that has not yet seen it and paused (two ScaledUp Events for
+    one scale, issue 15)."""
     pools = {"labels": dict(labels)} if labels else {}
     # A failed handler (the apiserver down, a quota) is retried after one interval, not kopf's default 60 s.
     retry = {"backoff": interval, "registry": registry, **pools}
     kopf.on.create(*RESOURCE, id="create-workload", **retry)(operator.ensure)
     kopf.on.resume(*RESOURCE, id="resume-workload", **retry)(operator.ensure)
     kopf.on.update(*RESOURCE, id="update-workload", field="spec", **retry)(operator.ensure)
-    kopf.timer(*RESOURCE, id="autoscale", interval=interval, sharp=True, initial_delay=initial_delay,
-               **retry)(operator.autoscale)
+    operator.rounds = rounds.Rounds(operator, interval, (DEPLOYMENT_INDEX, POD_INDEX))
+    kopf.daemon(*RESOURCE, id="autoscale", initial_delay=initial_delay, cancellation_timeout=1.0,
+                **retry)(operator.rounds.member)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry, **pools)(operator.forget)
     if not watch:  # no list/watch granted on Deployments and pods (an older chart's RBAC): read them per tick
         return
