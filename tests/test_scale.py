@@ -192,6 +192,22 @@ def test_the_operator_hands_kopfs_indexes_to_kube():
     assert kube.indexes == ("d", "p")
 
 
+def test_a_new_pools_deployment_is_made_by_the_create_handler_alone_and_its_watch_event_brings_the_decision(world):
+    """With the indexes, a Deployment they lack is not made a second time beside the create handler (at
+    1,000 new pools that doubled the writes); its ADDED event kicks the pool's first decision."""
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    kube.indexes = ({}, {})  # Kopf's, holding nothing of this pool yet
+    kube.deployment = lambda namespace, name, ask=True: None if not ask else pytest.fail("asked the API")
+    pool = Pool()
+    assert tick(operator, pool) == {} and kube.applied == [] and kube.scaled == []
+    kicked = []
+    operator.rounds = type("R", (), {"kick": lambda self, key: kicked.append(key)})()
+    body = {**DEPLOYMENT, "metadata": {**DEPLOYMENT["metadata"], "labels": {handlers.workload.POOL_LABEL: "llama"}}}
+    operator.restore(event={"type": "ADDED"}, body=kopf.Body(body))
+    assert kicked == [("serving", "llama")]
+
+
 # ---------------------------------------------------------------- hand edits seen from the watch
 
 

@@ -117,13 +117,14 @@ class Kube:
             field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
         )
 
-    def deployment(self, namespace: str, name: str) -> dict | None:
+    def deployment(self, namespace: str, name: str, ask: bool = True) -> dict | None:
+        """The Deployment from the index; one it does not hold is asked from the API (`ask`), or None."""
         from kubernetes.client.exceptions import ApiException
 
         if self.indexes is not None:
             found = self._indexed(self.indexes[0], (namespace, name))
-            if found:
-                return found[0]
+            if found or (found is not None and not ask):
+                return found[0] if found else None
         try:
             return self._plain(self.apps.read_namespaced_deployment(name, namespace))
         except ApiException as error:
@@ -214,6 +215,7 @@ class Operator:
         # lags by up to STATUS_REFRESH_INTERVALS when only live figures moved
         self._status: dict[tuple[str, str], tuple[float | None, dict]] = {}
         self._restored: dict[tuple[str, str], tuple] = {}  # pool -> the Deployment (uid, generation) put back last
+        self.rounds: rounds.Rounds | None = None  # every pool's decision, once per interval (register)
 
     def _use_indexes(self, kwargs: Mapping) -> None:
         """Kopf passes its indexes to every handler: give them to Kube, so its reads are memory reads."""
@@ -293,7 +295,13 @@ class Operator:
             return
         written, known = self._status.get((namespace, name), (None, None))
         stored, status = status, ({**status, **known} if known else status)  # the newest decided, when status lags
-        deployment = self.kube.deployment(namespace, name)
+        indexed = getattr(self.kube, "indexes", None) is not None
+        deployment = self.kube.deployment(namespace, name, ask=False) if indexed else self.kube.deployment(namespace, name)
+        if deployment is None and indexed:
+            # not created yet: the create handler makes it (and the watch puts back one deleted by hand);
+            # doing it here too doubled a new pool's writes. Its watch event brings the first decision.
+            log.info("waiting for the pool's Deployment", namespace=namespace, pool=name)
+            return
         expected_hash = workload.deployment(body, config)["metadata"]["annotations"][workload.TEMPLATE_HASH]
         live_hash = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(workload.TEMPLATE_HASH)
         if deployment is None or live_hash != expected_hash:
@@ -414,6 +422,8 @@ class Operator:
         namespace = body.metadata.namespace
         name = (body.metadata.labels or {}).get(workload.POOL_LABEL)
         known = self._status.get((namespace, name), (None, None))[1]
+        if known is None and self.rounds is not None and event.get("type") in (None, "ADDED", "MODIFIED"):
+            self.rounds.kick((namespace, name))  # a new pool's Deployment is here: its first decision now
         if known is None or event.get("type") not in ("DELETED", "MODIFIED"):
             return
         desired = known.get("desiredReplicas")

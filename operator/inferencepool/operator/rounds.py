@@ -71,6 +71,10 @@ class Rounds:
         with self._lock:
             self._members.pop(key, None)
 
+    def kick(self, key: tuple[str, str]) -> None:
+        """Decide a member now, without waiting for the round (its Deployment just appeared)."""
+        self._submit(key)
+
     def stop(self) -> None:
         self._stop.set()
 
