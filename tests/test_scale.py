@@ -204,7 +204,7 @@ def test_a_new_pools_deployment_is_made_by_the_create_handler_alone_and_its_watc
     kicked = []
     operator.rounds = type("R", (), {"kick": lambda self, key: kicked.append(key)})()
     body = {**DEPLOYMENT, "metadata": {**DEPLOYMENT["metadata"], "labels": {handlers.workload.POOL_LABEL: "llama"}}}
-    operator.restore(event={"type": "ADDED"}, body=kopf.Body(body))
+    assert operator.restore_needed(event={"type": "ADDED"}, body=kopf.Body(body)) is False
     assert kicked == [("serving", "llama")]
 
 
@@ -223,6 +223,10 @@ def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_its_watch_event
     operator.restore(event={"type": "MODIFIED"}, body=kopf.Body({**body, "spec": {"replicas": desired}}))
     assert kube.scaled == [desired] and events == [("Normal", "ScaledUp", events[0][2])]  # ours: nothing to do
     edited = {**body, "metadata": {**body["metadata"], "generation": 4}, "spec": {"replicas": 9}}
+    # the check Kopf's loop runs for every Deployment event: only a hand edit or a delete goes to a thread
+    assert not operator.restore_needed({"type": "MODIFIED"}, kopf.Body({**body, "spec": {"replicas": desired}}))
+    assert operator.restore_needed({"type": "MODIFIED"}, kopf.Body(edited))
+    assert operator.restore_needed({"type": "DELETED"}, kopf.Body(body))
     operator.restore(event={"type": "MODIFIED"}, body=kopf.Body(edited))  # kubectl's
     assert kube.scaled == [desired, desired] and events[-1][:2] == ("Warning", "ReplicasRestored") and "set to 9" in events[-1][2]
     operator.restore(event={"type": "MODIFIED"}, body=kopf.Body(edited))  # its status moved before ours landed

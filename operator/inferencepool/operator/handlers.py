@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import Mapping
@@ -414,6 +415,23 @@ class Operator:
         self.reader.forget(body.metadata.namespace, body.metadata.name)  # its per-token-time history
         self.cold_starts.forget((body.metadata.namespace, body.metadata.name))
 
+    def restore_needed(self, event, body) -> bool:
+        """The cheap part of `restore`, run in Kopf's event loop for every Deployment event: whether there
+        may be something to put back (then `restore` runs in a thread). A new pool's Deployment that just
+        appeared kicks the pool's first decision."""
+        namespace = body.metadata.namespace
+        name = (body.metadata.labels or {}).get(workload.POOL_LABEL)
+        known = self._status.get((namespace, name), (None, None))[1]
+        if known is None:
+            if self.rounds is not None and event.get("type") in (None, "ADDED", "MODIFIED"):
+                self.rounds.kick((namespace, name))
+            return False
+        if event.get("type") == "DELETED":
+            return True
+        live, desired = int((body.get("spec") or {}).get("replicas") or 0), known.get("desiredReplicas")
+        return (event.get("type") == "MODIFIED" and desired is not None and live != desired
+                and replicas_manager(body) not in (None, SCALER_MANAGER, FIELD_MANAGER))
+
     def restore(self, event, body, **kwargs) -> None:
         """A pool's Deployment changed or went (from the watch, as it happens): put back one deleted or
         scaled by hand. Our own writes are told apart by managedFields; pools this operator has not decided
@@ -422,8 +440,6 @@ class Operator:
         namespace = body.metadata.namespace
         name = (body.metadata.labels or {}).get(workload.POOL_LABEL)
         known = self._status.get((namespace, name), (None, None))[1]
-        if known is None and self.rounds is not None and event.get("type") in (None, "ADDED", "MODIFIED"):
-            self.rounds.kick((namespace, name))  # a new pool's Deployment is here: its first decision now
         if known is None or event.get("type") not in ("DELETED", "MODIFIED"):
             return
         desired = known.get("desiredReplicas")
@@ -537,6 +553,18 @@ def register(registry: kopf.OperatorRegistry, operator: Operator, interval: floa
         return
     # the pools' Deployments and pods, from watches (by the pool label every one carries)
     watched = {workload.POOL_LABEL: kopf.PRESENT}
-    kopf.index("apps", "v1", "deployments", id=DEPLOYMENT_INDEX, labels=watched, registry=registry)(deployment_entry)
-    kopf.index("v1", "pods", id=POD_INDEX, labels=watched, registry=registry)(pod_entry)
-    kopf.on.event("apps", "v1", "deployments", id="restore-workload", labels=watched, registry=registry)(operator.restore)
+    # Async, so that Kopf runs them in its loop: a sync handler costs a thread hop per watch event, and at
+    # 1,000 pools the pods' and Deployments' events queued up in Kopf faster than its threads took them.
+    async def deployment_index(**kwargs):
+        return deployment_entry(**kwargs)
+
+    async def pod_index(**kwargs):
+        return pod_entry(**kwargs)
+
+    async def restore(event, body, **kwargs):
+        if operator.restore_needed(event, body):  # rare: a hand edit or delete; its API calls in a thread
+            await asyncio.to_thread(operator.restore, event=event, body=body, **kwargs)
+
+    kopf.index("apps", "v1", "deployments", id=DEPLOYMENT_INDEX, labels=watched, registry=registry)(deployment_index)
+    kopf.index("v1", "pods", id=POD_INDEX, labels=watched, registry=registry)(pod_index)
+    kopf.on.event("apps", "v1", "deployments", id="restore-workload", labels=watched, registry=registry)(restore)

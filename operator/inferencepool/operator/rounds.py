@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import ctypes
 import threading
 import time
 from collections.abc import Mapping
@@ -27,6 +28,21 @@ import kopf
 from inferencepool.operator import logs
 
 log = logs.get("inferencepool.operator.rounds")
+
+
+def release_free_memory() -> None:
+    """Give freed heap back to the OS (glibc's malloc_trim), once a round. A burst of watch events (1,000
+    new pools at start) grows the heap; CPython frees the objects, but glibc keeps the pages, so the RSS
+    stayed at the burst's peak (on the bed: 753 MiB -> 594 MiB by one trim). No-op off glibc."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+try:
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.malloc_trim
+except (OSError, AttributeError):
+    _libc = None
 
 
 class Rounds:
@@ -93,6 +109,7 @@ class Rounds:
                 log.warning("pools still deciding from the last round", skipped=skipped, pools=len(keys))
             k = max(k + 1, int((time.monotonic() - start) / self.interval) + 1)  # a late round skips a slot
             self.last_round_seconds = time.monotonic() - began
+            release_free_memory()
 
     def _submit(self, key: tuple[str, str]) -> bool:
         """Hand the pool's decision to the workers; False while its last one still runs."""
