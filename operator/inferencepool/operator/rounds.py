@@ -4,8 +4,9 @@ A Kopf timer per pool ran each decision through Kopf's handler machinery and its
 the ticks queued behind each other and a pool was decided once a minute, not every 15 s. Here one thread
 wakes on a fixed grid of the interval and hands every known pool to a small thread pool (bounded
 concurrency); a pool whose previous decision is still running is skipped that round, so one slow pool
-(a hung Prometheus, a slow write) holds nobody else. The decision itself is `Operator.autoscale`,
-unchanged; its status patch is written here (a merge patch of the status subresource, as Kopf writes it).
+(a hung Prometheus) holds nobody else. The decision itself is `Operator.autoscale`, unchanged; its status
+patch is written here, by other threads (a merge patch of the status subresource, as Kopf writes it), so
+a slow apiserver delays the writes, not the decisions.
 
 Which pools: an async Kopf daemon per pool (`member`) joins the round while it runs and leaves when Kopf
 stops it, so Kopf still decides membership: the selector's labels, deletion, and peering (Kopf stops
@@ -55,6 +56,9 @@ class Rounds:
         self._busy: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writes: dict[tuple[str, str], dict] = {}  # status patches not sent yet, by pool
+        self._writing: set[tuple[str, str]] = set()  # pools with a writer on them
         self._context: contextvars.Context | None = None  # Kopf's (its Event poster lives there)
         self._kwargs: dict = {}  # the indexes Kopf hands its handlers
         self._thread: threading.Thread | None = None
@@ -140,9 +144,29 @@ class Rounds:
                 self._busy.discard(key)
 
     def _write_status(self, key: tuple[str, str], status: dict) -> None:
+        """Queue the pool's status patch for the writers, so that a slow apiserver delays writes, not
+        decisions (on a loaded bed a status patch took seconds, and 8 deciding threads waiting on them
+        decided 50 of 1,000 pools a round). A patch still queued takes the newer fields; one pool's writes
+        stay in order (one at a time)."""
+        with self._lock:
+            self._writes[key] = {**self._writes.get(key, {}), **status}
+            if key in self._writing:
+                return
+            self._writing.add(key)
+            if self._writer is None:
+                self._writer = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="write-status")
+        self._writer.submit(self._context.copy().run, self._flush, key)
+
+    def _flush(self, key: tuple[str, str]) -> None:
         """A merge patch of the status subresource (what Kopf sent for a handler's `patch.status`)."""
-        try:
-            self.operator.kube.patch_status(key[0], key[1], status)
-        except Exception as error:  # noqa: BLE001 - the apiserver away: write again next round
-            self.operator.status_not_written(key)
-            log.warning("status not written", namespace=key[0], pool=key[1], error=str(error))
+        while True:
+            with self._lock:
+                status = self._writes.pop(key, None)
+                if status is None:
+                    self._writing.discard(key)
+                    return
+            try:
+                self.operator.kube.patch_status(key[0], key[1], status)
+            except Exception as error:  # noqa: BLE001 - the apiserver away: write again next decision
+                self.operator.status_not_written(key)
+                log.warning("status not written", namespace=key[0], pool=key[1], error=str(error))
