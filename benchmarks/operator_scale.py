@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=1, help="label the pools over N shards, run the operator of shard 0")
     parser.add_argument("--baseline", type=float, default=30.0, help="seconds of apiserver traffic without the operator")
     parser.add_argument("--keep-log", help="copy the operator's log here")
+    parser.add_argument("--start-timeout", type=float, default=1200.0,
+                        help="seconds to wait for every pool's first decision before the window starts anyway")
     args = parser.parse_args(argv)
 
     bed_module = load_bed()
@@ -269,11 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         with open(log_path, "ab") as log:
             op = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=bed.env,
                                   start_new_session=True)
-        deadline = started + 600
+        deadline = started + args.start_timeout
         while len(log_decisions(log_path)) < len(mine) and time.time() < deadline:
             time.sleep(2)
         first = log_decisions(log_path)
         result["seconds_until_every_pool_decided_once"] = round(max(min(t) for t in first.values()) - started, 1)
+        result["pools_decided_before_the_window"] = len(first)
         time.sleep(args.interval)
 
         window = args.minutes * 60

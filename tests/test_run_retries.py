@@ -31,10 +31,13 @@ def test_api_retries_never_run_out_and_never_wait_over_30s(built):
 
 
 def test_a_failed_tick_is_retried_after_one_interval_for_ever(built):
+    """The budget timer retries after one interval; a pool's failed decision is retried by the next round
+    (rounds.py, tests/test_rounds.py), and its daemon, should it fail, after one interval too."""
     registry, _ = built
-    timers = [h for h in registry._spawning.get_all_handlers() if getattr(h, "interval", None)]
-    assert [(h.id, h.interval, h.backoff, h.retries) for h in timers] == [("autoscale", 7.0, 7.0, None),
-                                                                          ("budget", 7.0, 7.0, None)]
+    spawning = {h.id: h for h in registry._spawning.get_all_handlers()}
+    assert [(h.id, h.interval, h.backoff, h.retries) for h in spawning.values() if getattr(h, "interval", None)] == [
+        ("budget", 7.0, 7.0, None)]
+    assert (spawning["autoscale"].backoff, spawning["autoscale"].retries) == (7.0, None)
 
 
 def test_a_failed_create_update_or_resume_is_retried_after_one_interval(built):

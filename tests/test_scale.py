@@ -192,6 +192,22 @@ def test_the_operator_hands_kopfs_indexes_to_kube():
     assert kube.indexes == ("d", "p")
 
 
+def test_a_new_pools_deployment_is_made_by_the_create_handler_alone_and_its_watch_event_brings_the_decision(world):
+    """With the indexes, a Deployment they lack is not made a second time beside the create handler (at
+    1,000 new pools that doubled the writes); its ADDED event kicks the pool's first decision."""
+    operator, kube, reader = world
+    reader.pools = metrics(rate=12.0, service=1.5)
+    kube.indexes = ({}, {})  # Kopf's, holding nothing of this pool yet
+    kube.deployment = lambda namespace, name, ask=True: None if not ask else pytest.fail("asked the API")
+    pool = Pool()
+    assert tick(operator, pool) == {} and kube.applied == [] and kube.scaled == []
+    kicked = []
+    operator.rounds = type("R", (), {"kick": lambda self, key: kicked.append(key)})()
+    body = {**DEPLOYMENT, "metadata": {**DEPLOYMENT["metadata"], "labels": {handlers.workload.POOL_LABEL: "llama"}}}
+    assert operator.restore_needed(event={"type": "ADDED"}, body=kopf.Body(body)) is False
+    assert kicked == [("serving", "llama")]
+
+
 # ---------------------------------------------------------------- hand edits seen from the watch
 
 
@@ -207,6 +223,10 @@ def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_its_watch_event
     operator.restore(event={"type": "MODIFIED"}, body=kopf.Body({**body, "spec": {"replicas": desired}}))
     assert kube.scaled == [desired] and events == [("Normal", "ScaledUp", events[0][2])]  # ours: nothing to do
     edited = {**body, "metadata": {**body["metadata"], "generation": 4}, "spec": {"replicas": 9}}
+    # the check Kopf's loop runs for every Deployment event: only a hand edit or a delete goes to a thread
+    assert not operator.restore_needed({"type": "MODIFIED"}, kopf.Body({**body, "spec": {"replicas": desired}}))
+    assert operator.restore_needed({"type": "MODIFIED"}, kopf.Body(edited))
+    assert operator.restore_needed({"type": "DELETED"}, kopf.Body(body))
     operator.restore(event={"type": "MODIFIED"}, body=kopf.Body(edited))  # kubectl's
     assert kube.scaled == [desired, desired] and events[-1][:2] == ("Warning", "ReplicasRestored") and "set to 9" in events[-1][2]
     operator.restore(event={"type": "MODIFIED"}, body=kopf.Body(edited))  # its status moved before ours landed
@@ -304,7 +324,7 @@ def test_a_hung_prometheus_of_one_pool_does_not_delay_the_pools_of_another():
 # ---------------------------------------------------------------- the timer and the selector
 
 
-def test_the_timer_is_sharp_and_the_selector_filters_every_pool_handler():
+def test_every_pool_joins_the_round_and_the_selector_filters_every_pool_handler():
     parser = run.configure_parser(argparse.ArgumentParser())
     args = parser.parse_args(["--selector", "autoscaling.inferencepool.dev/shard=2,!paused", "--interval", "15"])
     def registered(labels):
@@ -316,8 +336,8 @@ def test_the_timer_is_sharp_and_the_selector_filters_every_pool_handler():
     registry = registered(args.selector)
     pools = [h for h in registry._spawning.get_all_handlers() + registry._changing.get_all_handlers()  # noqa: SLF001
              if h.selector.any_name == handlers.RESOURCE[2]]
-    (timer,) = [h for h in pools if h.id == "autoscale"]
-    assert timer.sharp and timer.interval == 15 and timer.initial_delay is None  # a new pool: decided at once
+    (member,) = [h for h in pools if h.id == "autoscale"]  # the pool's place in the round (rounds.py)
+    assert type(member).__name__ == "DaemonHandler" and member.initial_delay is None  # a new pool: decided at once
     assert {h.id for h in pools} == {"autoscale", "create-workload", "resume-workload", "update-workload/spec", "forget"}
     assert all(h.labels == {"autoscaling.inferencepool.dev/shard": "2", "paused": kopf.ABSENT} for h in pools)
     indexes = {h.id for h in registry._indexing.get_all_handlers()}  # noqa: SLF001

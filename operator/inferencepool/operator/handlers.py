@@ -1,7 +1,7 @@
 """Kopf handlers: glue between the cluster, Prometheus and policy.decide(). No decisions are made here.
 
 - create / update / resume: server-side apply the pool's Deployment and Service (adopting existing ones).
-- a timer per pool, every `interval` (sharp: on a fixed grid, however long a run took): read the pool's
+- every pool once per `interval`, in one round (rounds.py; on a fixed grid, however long a run took): read the pool's
   metrics (one batched Prometheus read per interval serves every pool), its Deployment and pods (from
   Kopf indexes fed by watches: memory, not a GET and a LIST per pool per tick, see `Kube`); decide; apply the replica count (that field alone) only
   when it changes (when it falls, after setting the pods' deletion costs: drain.py, the idlest go first);
@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import kopf
 
-from inferencepool.operator import drain, logs, modes, observe, slo as pool_slo, spec as pool_spec, status as pool_status, workload
+from inferencepool.operator import drain, logs, modes, observe, rounds, slo as pool_slo, spec as pool_spec, status as pool_status, workload
 from inferencepool.operator.budget import BudgetBook
 from inferencepool.core import policy
 from inferencepool.operator.metrics import OperatorMetrics
@@ -117,13 +118,14 @@ class Kube:
             field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
         )
 
-    def deployment(self, namespace: str, name: str) -> dict | None:
+    def deployment(self, namespace: str, name: str, ask: bool = True) -> dict | None:
+        """The Deployment from the index; one it does not hold is asked from the API (`ask`), or None."""
         from kubernetes.client.exceptions import ApiException
 
         if self.indexes is not None:
             found = self._indexed(self.indexes[0], (namespace, name))
-            if found:
-                return found[0]
+            if found or (found is not None and not ask):
+                return found[0] if found else None
         try:
             return self._plain(self.apps.read_namespaced_deployment(name, namespace))
         except ApiException as error:
@@ -150,6 +152,14 @@ class Kube:
             if error.status == 404:
                 return None
             raise
+
+    def patch_status(self, namespace: str, name: str, status: Mapping) -> None:
+        """A merge patch of the pool's status subresource (None removes a field), as Kopf writes one."""
+        from kubernetes import client
+
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            *RESOURCE[:2], namespace, RESOURCE[2], name, {"status": dict(status)},
+            _content_type="application/merge-patch+json")
 
     def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         """A merge patch of the pod's annotations (the deletion cost), nothing else."""
@@ -206,6 +216,7 @@ class Operator:
         # lags by up to STATUS_REFRESH_INTERVALS when only live figures moved
         self._status: dict[tuple[str, str], tuple[float | None, dict]] = {}
         self._restored: dict[tuple[str, str], tuple] = {}  # pool -> the Deployment (uid, generation) put back last
+        self.rounds: rounds.Rounds | None = None  # every pool's decision, once per interval (register)
 
     def _use_indexes(self, kwargs: Mapping) -> None:
         """Kopf passes its indexes to every handler: give them to Kube, so its reads are memory reads."""
@@ -285,7 +296,13 @@ class Operator:
             return
         written, known = self._status.get((namespace, name), (None, None))
         stored, status = status, ({**status, **known} if known else status)  # the newest decided, when status lags
-        deployment = self.kube.deployment(namespace, name)
+        indexed = getattr(self.kube, "indexes", None) is not None
+        deployment = self.kube.deployment(namespace, name, ask=False) if indexed else self.kube.deployment(namespace, name)
+        if deployment is None and indexed:
+            # not created yet: the create handler makes it (and the watch puts back one deleted by hand);
+            # doing it here too doubled a new pool's writes. Its watch event brings the first decision.
+            log.info("waiting for the pool's Deployment", namespace=namespace, pool=name)
+            return
         expected_hash = workload.deployment(body, config)["metadata"]["annotations"][workload.TEMPLATE_HASH]
         live_hash = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(workload.TEMPLATE_HASH)
         if deployment is None or live_hash != expected_hash:
@@ -385,6 +402,10 @@ class Operator:
         self.metrics.record_mode(namespace, name, config.mode, live_replicas)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
+    def status_not_written(self, key: tuple[str, str]) -> None:
+        """The status patch failed: write it at the next decision whatever changed."""
+        self._status[key] = (None, self._status.get(key, (None, {}))[1])
+
     def forget(self, body, **_) -> None:
         """On delete: drop the pool's series from the operator's /metrics and its curve history (owner refs
         delete the rest)."""
@@ -393,6 +414,23 @@ class Operator:
         self._restored.pop((body.metadata.namespace, body.metadata.name), None)
         self.reader.forget(body.metadata.namespace, body.metadata.name)  # its per-token-time history
         self.cold_starts.forget((body.metadata.namespace, body.metadata.name))
+
+    def restore_needed(self, event, body) -> bool:
+        """The cheap part of `restore`, run in Kopf's event loop for every Deployment event: whether there
+        may be something to put back (then `restore` runs in a thread). A new pool's Deployment that just
+        appeared kicks the pool's first decision."""
+        namespace = body.metadata.namespace
+        name = (body.metadata.labels or {}).get(workload.POOL_LABEL)
+        known = self._status.get((namespace, name), (None, None))[1]
+        if known is None:
+            if self.rounds is not None and event.get("type") in (None, "ADDED", "MODIFIED"):
+                self.rounds.kick((namespace, name))
+            return False
+        if event.get("type") == "DELETED":
+            return True
+        live, desired = int((body.get("spec") or {}).get("replicas") or 0), known.get("desiredReplicas")
+        return (event.get("type") == "MODIFIED" and desired is not None and live != desired
+                and replicas_manager(body) not in (None, SCALER_MANAGER, FIELD_MANAGER))
 
     def restore(self, event, body, **kwargs) -> None:
         """A pool's Deployment changed or went (from the watch, as it happens): put back one deleted or
@@ -496,23 +534,37 @@ class Operator:
 def register(registry: kopf.OperatorRegistry, operator: Operator, interval: float,
              labels: Mapping | None = None, watch: bool = True, initial_delay: float | None = None) -> None:
     """Attach the handlers to a kopf registry (built by run.py, so the interval is a flag). `labels`: only
-    the pools that carry them (a shard's, `--selector`). The timer is sharp: a pool is decided on a fixed
-    grid of `interval`, not `interval` after its last run ended; a new pool is decided at once, or with
-    peering after `initial_delay`, so that a replica that just started does not write beside one that has
-    not yet seen it and paused (two ScaledUp Events for one scale, issue 15)."""
+    the pools that carry them (a shard's, `--selector`). Every pool is decided in one round per `interval`
+    (rounds.py: a fixed grid, not `interval` after a late run); a Kopf daemon per pool only says it is in
+    the round. A new pool is decided at once, or with peering after `initial_delay`, so that a replica that
+    just started does not write beside one that has not yet seen it and paused (two ScaledUp Events for
+    one scale, issue 15)."""
     pools = {"labels": dict(labels)} if labels else {}
     # A failed handler (the apiserver down, a quota) is retried after one interval, not kopf's default 60 s.
     retry = {"backoff": interval, "registry": registry, **pools}
     kopf.on.create(*RESOURCE, id="create-workload", **retry)(operator.ensure)
     kopf.on.resume(*RESOURCE, id="resume-workload", **retry)(operator.ensure)
     kopf.on.update(*RESOURCE, id="update-workload", field="spec", **retry)(operator.ensure)
-    kopf.timer(*RESOURCE, id="autoscale", interval=interval, sharp=True, initial_delay=initial_delay,
-               **retry)(operator.autoscale)
+    operator.rounds = rounds.Rounds(operator, interval, (DEPLOYMENT_INDEX, POD_INDEX))
+    kopf.daemon(*RESOURCE, id="autoscale", initial_delay=initial_delay, cancellation_timeout=1.0,
+                **retry)(operator.rounds.member)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry, **pools)(operator.forget)
     if not watch:  # no list/watch granted on Deployments and pods (an older chart's RBAC): read them per tick
         return
     # the pools' Deployments and pods, from watches (by the pool label every one carries)
     watched = {workload.POOL_LABEL: kopf.PRESENT}
-    kopf.index("apps", "v1", "deployments", id=DEPLOYMENT_INDEX, labels=watched, registry=registry)(deployment_entry)
-    kopf.index("v1", "pods", id=POD_INDEX, labels=watched, registry=registry)(pod_entry)
-    kopf.on.event("apps", "v1", "deployments", id="restore-workload", labels=watched, registry=registry)(operator.restore)
+    # Async, so that Kopf runs them in its loop: a sync handler costs a thread hop per watch event, and at
+    # 1,000 pools the pods' and Deployments' events queued up in Kopf faster than its threads took them.
+    async def deployment_index(**kwargs):
+        return deployment_entry(**kwargs)
+
+    async def pod_index(**kwargs):
+        return pod_entry(**kwargs)
+
+    async def restore(event, body, **kwargs):
+        if operator.restore_needed(event, body):  # rare: a hand edit or delete; its API calls in a thread
+            await asyncio.to_thread(operator.restore, event=event, body=body, **kwargs)
+
+    kopf.index("apps", "v1", "deployments", id=DEPLOYMENT_INDEX, labels=watched, registry=registry)(deployment_index)
+    kopf.index("v1", "pods", id=POD_INDEX, labels=watched, registry=registry)(pod_index)
+    kopf.on.event("apps", "v1", "deployments", id="restore-workload", labels=watched, registry=registry)(restore)

@@ -143,7 +143,7 @@ def build(args: argparse.Namespace, watch: bool = True):
         first_wait=min(config.interval / 2, 10.0),  # with no answer yet, a pool waits this long at most
     )
     budgets = budget.BudgetBook()
-    operator = handlers.Operator(config, reader, handlers.Kube(), metrics, budgets=budgets)
+    operator = handlers.Operator(config, reader, handlers.Kube(_api_client()), metrics, budgets=budgets)
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
     selector = getattr(args, "selector", None)
@@ -157,6 +157,7 @@ def build(args: argparse.Namespace, watch: bool = True):
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix, key="last-handled-spec")
     settings.posting.level = logging.INFO
+    settings.execution.max_workers = HANDLER_THREADS  # many new pools at start: their Deployments in parallel
     settings.networking.error_backoffs = ApiBackoffs()
     settings.peering.standalone = not args.peering
     if args.peering:
@@ -164,6 +165,20 @@ def build(args: argparse.Namespace, watch: bool = True):
         settings.peering.priority = peering_priority(args.priority)
         settings.peering.mandatory = True  # no peering object: fail, rather than act beside the other replicas
     return registry, settings, operator, metrics
+
+
+HANDLER_THREADS = 16  # Kopf's threads for create/update/resume (its default is 6); the rounds have their own 8
+
+
+def _api_client():
+    """The kubernetes client for Kube, with a connection for every thread that may use it at once (Kopf's
+    and the rounds'): its default pool of 10 discarded connections beyond, and a new one costs a TLS
+    handshake per request."""
+    from kubernetes import client
+
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = HANDLER_THREADS + 16
+    return client.ApiClient(configuration)
 
 
 def peering_priority(given: int | None) -> int:
