@@ -37,10 +37,12 @@ import tempfile
 import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "e2e"))
+from exposition import serve_exposition  # noqa: E402  (the e2e tests' loopback /metrics server)
+
 CRD = ROOT / "crds" / "inferencepools.autoscaling.inferencepool.dev.yaml"
 GPUS_PER_NODE = 8
 INFERENCE_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
@@ -96,22 +98,7 @@ class ManyPools:
         return ("\n".join(out) + "\n").encode()
 
     def serve(self) -> str:
-        source = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                body = source.text()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_exposition(lambda path: self.text())
         return f"127.0.0.1:{self.server.server_port}"
 
 
