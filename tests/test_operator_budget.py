@@ -246,3 +246,19 @@ def test_the_budget_condition_keeps_its_transition_time_while_it_holds():
     patch = kopf.Patch()
     h.reconcile(body=kopf.Body(body), patch=patch)
     assert patch["status"]["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_a_pool_held_by_pending_pods_still_claims_what_its_slo_wants():
+    """A pool whose floor pod waits for a budget partner's GPU holds at its replicas ("unschedulable"); its
+    claim stays the SLO's need, so the book does not hand its share away while the GPU is being freed."""
+    from inferencepool.core import policy
+    from inferencepool.operator import spec as pool_spec
+
+    config = pool_spec.parse(copy.deepcopy(SPEC))
+    obs = policy.Observations(time=time.time(), current_replicas=1, arrival_rate=12.0, service_time=1.0,
+                              unschedulable_replicas=1)
+    decision = policy.decide(config.policy, obs, policy.History())
+    assert (decision.constraint, decision.replicas) == ("unschedulable", 1)
+    member = budget.parse({"gpus": 6, "pools": [{"name": "batch"}]}).member("batch", {})
+    claim = budget.claim_for("serving/batch", config, obs, decision, member)
+    assert claim.want == erlang_c_replicas(12.0, 1.0) == decision.required_replicas

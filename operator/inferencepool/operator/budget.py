@@ -86,8 +86,13 @@ def claim_for(key: str, config: pool_spec.PoolConfig, obs: policy.Observations, 
     queue = None
     if decision.metrics_available and decision.planning_rate is not None and service:
         queue = Queue(decision.planning_rate, service, obs.arrival_cv, obs.service_cv)
+    want = decision.replicas
+    if decision.constraint == "unschedulable" and decision.required_replicas is not None:
+        # held because pods are Pending for lack of GPUs (often a budget partner's, about to be freed): the
+        # pool still wants what its SLO needs; claiming what it holds let the book flip its grants each tick
+        want = max(want, min(decision.required_replicas, spec.replica_cap))
     return core_budget.Claim(
-        key, want=decision.replicas, floor=spec.min_replicas, current=obs.current_replicas, priority=member.priority,
+        key, want=want, floor=spec.min_replicas, current=obs.current_replicas, priority=member.priority,
         weight=member.weight, gpus_per_replica=spec.gpus_per_replica, queue=queue, slots=slots,
         target=max(policy.wait_target(spec, obs), 0.0),
     )
