@@ -235,16 +235,27 @@ class Fleet:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> Fleet:
-        self._server = serve(self.registry, "127.0.0.1", 0)
-        self.port = self._server.server_port
-        self.t0, self.t0_wall = time.monotonic(), time.time()
-        self.count_ready()
-        for target in (self._watch_pods, self._serve_loop):
-            thread = threading.Thread(target=target, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    def open(self) -> Fleet:
+        """Export /metrics and follow the pods, with no arrivals yet (so that Prometheus and the operator
+        can be set up, and the warm floor be Ready, before the load's clock starts)."""
+        if self._server is None:
+            self._server = serve(self.registry, "127.0.0.1", 0)
+            self.port = self._server.server_port
+            self.count_ready()
+            self._spawn(self._watch_pods)
         return self
+
+    def start(self) -> Fleet:
+        """The load's clock starts now: arrivals follow `rate` from t = 0."""
+        self.open()
+        self.t0, self.t0_wall = time.monotonic(), time.time()
+        self._spawn(self._serve_loop)
+        return self
+
+    def _spawn(self, target) -> None:
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()

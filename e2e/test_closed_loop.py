@@ -59,11 +59,17 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, chart_operat
                       namespace=namespace)
     try:
         for fleet in fleets.values():
-            fleet.start()
-        t0_wall = time.time() - fleets["ahead"].now()
+            fleet.open()
         prom = prometheus(scrape_configs=[{"job_name": "vllm", "static_configs": [
             {"targets": [f.target for f in fleets.values()]}]}])
         op = chart_operator(prom.url, interval=INTERVAL, rate_window=RATE_WINDOW)
+        # the load starts once both warm floors are Ready (on a loaded bed the chart's install alone can take
+        # longer than the baseline's 30 s, and the burst then met an empty fleet: a set-up race, not a policy's)
+        cluster.wait_until(lambda: all(f.count_ready() >= WARM_FLOOR for f in fleets.values()), timeout=120,
+                           desc=f"{WARM_FLOOR} Ready replicas (the warm floor) in both pools")
+        for fleet in fleets.values():
+            fleet.start()
+        t0_wall = time.time() - fleets["ahead"].now()
 
         timeline: list[tuple] = []
         def sample():

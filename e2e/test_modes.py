@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exposition import serve_exposition, stop_server  # noqa: E402
 from test_operator import (  # noqa: E402,F401 - fixtures and helpers
     INTERVAL, conditions, crd, exporters, get_pool, operator, pool_events, pool_manifest, replicas, robust_answer,
-    scrape_config, wait_for_full_window,
+    scrape_config, settled_status, wait_for_full_window,
 )
 
 
@@ -60,8 +60,7 @@ def test_an_advisory_pool_recommends_and_never_scales_until_made_active(cluster,
     # Active: the same pool scales to its answer, resuming the history it built while advising.
     before = json.loads(status["history"])["forecaster"]["count"]
     cluster.kubectl("-n", namespace, "patch", "ipool", name, "--type", "merge", "-p", '{"spec":{"mode":"Active"}}')
-    cluster.wait_until(lambda: replicas(cluster, namespace, name) == expected, timeout=60, desc=f"{expected} replicas")
-    status = get_pool(cluster, namespace, name)["status"]
+    status = settled_status(cluster, namespace, name, expected, timeout=60, desc=f"{expected} replicas")
     assert status["mode"] == "Active" and "advisory" not in status
     assert json.loads(status["history"])["forecaster"]["count"] > before
     events = pool_events(cluster, namespace, name)
@@ -114,14 +113,12 @@ def test_a_schedule_window_that_covers_now_raises_the_floor(cluster, namespace, 
          "minReplicas": 5},
     ]}
     cluster.apply(pool_manifest(name, schedule=schedule), namespace=namespace)
-    cluster.wait_until(lambda: replicas(cluster, namespace, name) == 3, timeout=120, desc="3 replicas (the window's floor)")
-    status = get_pool(cluster, namespace, name)["status"]
+    status = settled_status(cluster, namespace, name, 3, timeout=120, desc="3 replicas (the window's floor)")
     assert (status["floorReplicas"], status["scheduleWindow"], status["constraint"]) == (3, "today", "warm_floor")
     assert status["requiredReplicas"] == 1 and "the warm floor is 3 (schedule window today)" in status["reason"]
     # Without the schedule the floor is minReplicas again and the pool scales back down (after its window).
     cluster.kubectl("-n", namespace, "patch", "ipool", name, "--type", "json", "-p", '[{"op":"remove","path":"/spec/schedule"}]')
-    cluster.wait_until(lambda: replicas(cluster, namespace, name) == 1, timeout=90, desc="back to 1 replica")
-    status = get_pool(cluster, namespace, name)["status"]
+    status = settled_status(cluster, namespace, name, 1, timeout=90, desc="back to 1 replica")
     assert status["floorReplicas"] == 1 and "scheduleWindow" not in status
 
 
@@ -193,8 +190,7 @@ def test_a_pool_at_zero_wakes_when_the_upstream_counter_rises(cluster, namespace
         # The first requests arrive upstream: the pool wakes.
         gateway.visible = True
         gateway.set_rate(0.5)
-        cluster.wait_until(lambda: (replicas(cluster, namespace, name) or 0) >= 1, timeout=60, desc=">= 1 replica")
-        status = get_pool(cluster, namespace, name)["status"]
+        status = settled_status(cluster, namespace, name, lambda n: n >= 1, timeout=60, desc=">= 1 replica")
         assert status["desiredReplicas"] >= 1 and status["lastScaleReason"].startswith("scale up 0 -> 1: arrival ")
         assert any(e["reason"] == "ScaledUp" and "wakes the pool" in e["message"]
                    for e in pool_events(cluster, namespace, name))

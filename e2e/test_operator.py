@@ -112,6 +112,21 @@ def replicas(cluster, namespace: str, name: str) -> int | None:
     return int(r.stdout) if r.returncode == 0 and r.stdout else None
 
 
+def settled_status(cluster, namespace: str, name: str, accept, timeout: float, desc: str) -> dict:
+    """The pool's status once the Deployment's replicas satisfy `accept` (a count or a predicate) and the
+    status says the same: the rounds write a decision's status after its scale, on writer threads, so
+    status read the moment the Deployment moved can still be the previous decision's."""
+    ok = accept if callable(accept) else (lambda n: n == accept)
+
+    def settled():
+        n = replicas(cluster, namespace, name)
+        if n is None or not ok(n):
+            return None
+        status = get_pool(cluster, namespace, name).get("status", {})
+        return status if status.get("desiredReplicas") == n else None
+    return cluster.wait_until(settled, timeout=timeout, desc=desc)
+
+
 def pool_events(cluster, namespace: str, name: str) -> list[dict]:
     items = cluster.kubectl_json("-n", namespace, "get", "events", "--field-selector",
                                  f"involvedObject.kind=InferencePool,involvedObject.name={name}")["items"]
@@ -335,8 +350,7 @@ def test_operator_reads_pools_whose_names_are_escaped_unescaped_or_both(cluster,
     # the escaped pool reads its arrivals from its own query instead (as from a gateway's counter)
     query = f'sum(rate(vllm_request_success_total{{pool="{name}"}}[{RATE_WINDOW}]))' if expositions == ("negotiate",) else None
     cluster.apply(pool_manifest(name, **({"metrics": {"arrivalRateQuery": query}} if query else {})), namespace=namespace)
-    cluster.wait_until(lambda: replicas(cluster, namespace, name) == expected, timeout=120, desc=f"{expected} replicas")
-    status = get_pool(cluster, namespace, name)["status"]
+    status = settled_status(cluster, namespace, name, expected, timeout=120, desc=f"{expected} replicas")
     assert status["arrivalRateSource"] == ("spec.metrics.arrivalRateQuery" if query else "vLLM")
     assert status["arrivalRate"] == pytest.approx(rate, rel=0.15)
     assert status["rejectionRate"] == pytest.approx(refused, abs=0.15)

@@ -20,6 +20,7 @@ class FakeOperator:
         self.unwritten: list[tuple[str, str]] = []
         self.hang = threading.Event()  # the pool "hung" blocks on this
         self.fail_writes = False
+        self.fail_decisions = None  # an exception the pool "broken" raises
         self.more = threading.Condition()
         self.kube = self
 
@@ -27,6 +28,11 @@ class FakeOperator:
         name = body.metadata.name
         if name == "hung":
             self.hang.wait()
+        if name == "broken" and self.fail_decisions is not None:
+            with self.more:
+                self.decided[name] = self.decided.get(name, 0) + 1
+                self.more.notify_all()
+            raise self.fail_decisions
         with self.more:
             self.decided[name] = self.decided.get(name, 0) + 1
             self.more.notify_all()
@@ -125,4 +131,24 @@ def test_a_slow_status_write_delays_no_decision_and_sends_the_newest_fields():
         assert first == ("a", {"desiredReplicas": 1}) and second[1]["desiredReplicas"] >= 5  # the queued ones merged
     finally:
         release.set()
+        r.stop()
+
+
+def test_a_failing_decision_posts_one_warning_event_per_message_and_the_pool_stays_in_the_round():
+    operator = FakeOperator()
+    operator.fail_decisions = ValueError("bad query")
+    events = []
+    r = rounds.Rounds(operator, 0.02, indexes=("pool_pods",), warn=lambda body, **kw: events.append((body, kw)),
+                      quiet=3600.0)
+    try:
+        pool = body("broken")
+        r.join(("ns", "broken"), pool, {"pool_pods": "the index"})
+        operator.wait_for("broken", 5)  # failed five times, decided again each round
+        assert events == [(pool, {"reason": "HandlerFailed", "message": "decision failed: ValueError('bad query')"})]
+        operator.fail_decisions = KeyError("status")  # a new failure is a new Event
+        operator.wait_for("broken", operator.decided["broken"] + 2)
+        assert [kw["message"] for _, kw in events][1:] == ["decision failed: KeyError('status')"]
+        operator.fail_decisions = None  # mended: decided and written again
+        operator.until(lambda: any(name == "broken" for name, _ in operator.written))
+    finally:
         r.stop()
