@@ -89,14 +89,20 @@ class Cluster:
     @staticmethod
     def wait_until(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.5,
                    desc: str = "condition") -> Any:
-        """Poll predicate() until truthy and return its value; generous timeouts for a busy box."""
+        """Poll predicate() until truthy and return its value; generous timeouts for a busy box. A KeyError
+        or IndexError counts as not yet: a status field or condition appears when the operator's writer
+        threads patch it, which can be after the Deployment moved (the last one is named on timeout)."""
         deadline = time.monotonic() + timeout
         while True:
-            value = predicate()
+            try:
+                value, error = predicate(), None
+            except (KeyError, IndexError) as missing:
+                value, error = None, missing
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
+                raise AssertionError(f"timed out after {timeout}s waiting for {desc}"
+                                     + (f" (last: {error!r})" if error is not None else ""))
             time.sleep(interval)
 
 

@@ -15,8 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_operator import (  # noqa: E402,F401 - fixtures
-    H100, crd, exporters, get_pool, operator, pool_events, pool_manifest, replicas, robust_answer, scrape_config,
-    wait_for_full_window,
+    H100, crd, event_seen, exporters, get_pool, operator, pool_events, pool_manifest, replicas, robust_answer,
+    scrape_config, wait_for_full_window,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +105,8 @@ def test_three_pools_share_a_budget_by_priority(cluster, crd, budget_crd, namesp
     limited = {c["type"]: c for c in batch["conditions"]}["ScalingLimited"]
     assert limited["status"] == "True" and limited["reason"] == "BudgetLimited"
     assert f"budget {namespace}/shared: 1 of the 3 replicas the SLO wants" in limited["message"]
-    assert any(e["reason"] == "BudgetLimited" and f"held back by {namespace}/chat (priority 10), {namespace}/search (priority 5)" in e["message"]
-               for e in pool_events(cluster, namespace, "batch"))
+    held_back = f"held back by {namespace}/chat (priority 10), {namespace}/search (priority 5)"
+    assert event_seen(cluster, namespace, "batch", lambda e: e["reason"] == "BudgetLimited" and held_back in e["message"])
     assert "budget" in get_pool(cluster, namespace, "chat")["status"]
     assert get_pool(cluster, namespace, "chat")["status"]["constraint"] == "slo"
     table = cluster.kubectl("-n", namespace, "get", "gpub", "shared").stdout

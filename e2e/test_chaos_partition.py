@@ -35,7 +35,7 @@ import ipool_bed as bed  # noqa: E402  (loaded by conftest)
 import netns  # noqa: E402
 from chaos_report import report  # noqa: E402
 from test_operator import (  # noqa: E402,F401  (crd is a fixture)
-    INTERVAL, RATE_WINDOW, OperatorProcess, conditions, crd, get_pool, pool_events, pool_manifest, replicas,
+    INTERVAL, RATE_WINDOW, OperatorProcess, conditions, crd, get_pool, event_seen, pool_events, pool_manifest, replicas,
     robust_answer, scrape_config, wait_for_full_window)
 from vllm_exporter import VllmExporter  # noqa: E402
 
@@ -161,8 +161,7 @@ def test_prometheus_link_cut_holds_names_the_cause_and_recovers(bed_partition):
             time.sleep(1)
         for n in POOLS:
             assert get_pool(cluster, namespace, n)["status"]["desiredReplicas"] == expected, n
-            assert any(e["type"] == "Warning" and e["reason"] == "PrometheusUnavailable"
-                       for e in pool_events(cluster, namespace, n)), n
+            assert event_seen(cluster, namespace, n, lambda e: e["type"] == "Warning" and e["reason"] == "PrometheusUnavailable"), n
     finally:
         partition.restore(b["prom"])
     back = time.time()
@@ -175,7 +174,7 @@ def test_prometheus_link_cut_holds_names_the_cause_and_recovers(bed_partition):
     recovered = time.time() - back
     for n in POOLS:
         assert replicas(cluster, namespace, n) == expected, n
-        assert any(e["reason"] == "MetricsFresh" for e in pool_events(cluster, namespace, n)), n
+        assert event_seen(cluster, namespace, n, lambda e: e["reason"] == "MetricsFresh"), n
     assert lowest == expected
     assert op.proc.poll() is None, "the operator exited"
     assert "Traceback" not in op.log_path.read_text()
@@ -228,8 +227,7 @@ def test_apiserver_link_cut_holds_and_every_pool_is_decided_again(bed_partition)
     cluster.wait_until(lambda: replicas(cluster, namespace, POOLS[0]) == expected, timeout=120,
                        desc="a hand edit after the partition put back (the Deployment watch alive again)")
     put_back = time.time() - edited
-    assert any(e["reason"] == "ReplicasRestored" and "set to 5" in e["message"]
-               for e in pool_events(cluster, namespace, POOLS[0]))
+    assert event_seen(cluster, namespace, POOLS[0], lambda e: e["reason"] == "ReplicasRestored" and "set to 5" in e["message"])
     assert op.proc.poll() is None, "the operator exited"
     log = op.log_path.read_text()[log_mark:]
     escalated = [line for line in log.splitlines() if "escalating" in line and "/events ->" not in line]

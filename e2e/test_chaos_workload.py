@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ipool_bed as bed  # noqa: E402  (loaded by conftest)
 from chaos_report import report  # noqa: E402
 from test_operator import (  # noqa: E402,F401  (crd, exporters, operator are fixtures)
-    H100, INTERVAL, conditions, crd, exporters, get_pool, operator, pool_events, pool_manifest, replicas,
+    H100, INTERVAL, conditions, crd, exporters, get_pool, operator, event_seen, pool_events, pool_manifest, replicas,
     robust_answer, scrape_config, wait_for_full_window)
 
 CHAOS_PRODUCT = "NVIDIA-A10G-chaos"  # on the nodes of test_gpu_node_removed... alone
@@ -149,7 +149,7 @@ def test_gpu_node_removed_under_running_replicas(cluster, namespace, operator, e
             assert time.time() < deadline, "no ScalingLimited=True InsufficientGPUs within 150 s of the node removal"
             time.sleep(1)
         assert "nvidia.com/gpu" in limited["message"], limited
-        assert any(e["type"] == "Warning" and e["reason"] == "InsufficientGPUs" for e in pool_events(cluster, namespace, name))
+        assert event_seen(cluster, namespace, name, lambda e: e["type"] == "Warning" and e["reason"] == "InsufficientGPUs")
         status = get_pool(cluster, namespace, name)["status"]
         assert status["unschedulableReplicas"] == 1 and status["desiredReplicas"] >= expected, status
         assert not {p["metadata"]["name"] for p in cluster.kubectl_json("-n", namespace, "get", "pods")["items"]} & lost
@@ -171,8 +171,8 @@ def test_gpu_node_removed_under_running_replicas(cluster, namespace, operator, e
             time.sleep(1)
         recovered = time.time() - back
         assert lowest >= expected
-        assert any(e["type"] == "Normal" and e["reason"] != "InsufficientGPUs" and "ScalingLimited=False" in e["message"]
-                   for e in pool_events(cluster, namespace, name))
+        assert event_seen(cluster, namespace, name, lambda e: e["type"] == "Normal" and e["reason"] != "InsufficientGPUs"
+                          and "ScalingLimited=False" in e["message"])
         assert op.proc.poll() is None and "Traceback" not in op.log_path.read_text()
         report("gpu_node_removed", {"pods_removed_by": "pod garbage collector" if PODGC else "the test (force)",
                                      "pods_gone_s": None if pods_gone is None else round(pods_gone, 1),

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ipool_bed as bed  # noqa: E402  (loaded by conftest)
 from test_operator import (  # noqa: E402,F401  (crd, exporters, operator are fixtures)
-    H100, INTERVAL, conditions, crd, exporters, get_pool, operator, pool_events, pool_manifest, replicas,
+    H100, INTERVAL, conditions, crd, exporters, get_pool, operator, event_seen, pool_events, pool_manifest, replicas,
     robust_answer, scrape_config, wait_for_full_window)
 
 RATE, SERVICE, SLOTS, TARGET = 4.0, 1.5, 4, 1.0
@@ -51,8 +51,7 @@ def test_prometheus_down_holds_replicas_and_recovers_on_a_new_one(cluster, names
         time.sleep(4 * INTERVAL)  # several decisions without Prometheus: held, never down
         assert replicas(cluster, namespace, name) == expected
         assert get_pool(cluster, namespace, name)["status"]["desiredReplicas"] == expected
-        assert any(e["type"] == "Warning" and e["reason"] == "PrometheusUnavailable"
-                   for e in pool_events(cluster, namespace, name))
+        assert event_seen(cluster, namespace, name, lambda e: e["type"] == "Warning" and e["reason"] == "PrometheusUnavailable")
 
         # a new Prometheus (empty storage) on the same port: metrics come back, the answer is the same
         prom = bed.Prometheus(configs, tmp_path / "prom-2", port=port, scrape_interval="1s").start()
@@ -63,7 +62,7 @@ def test_prometheus_down_holds_replicas_and_recovers_on_a_new_one(cluster, names
                            and get_pool(cluster, namespace, name)["status"].get("readyReplicas") == expected,
                            timeout=90, desc="replicas at the answer after recovery")
         assert history(cluster, namespace, name)["forecaster"]["count"] >= count  # the history went on
-        assert any(e["reason"] == "MetricsFresh" for e in pool_events(cluster, namespace, name))
+        assert event_seen(cluster, namespace, name, lambda e: e["reason"] == "MetricsFresh")
     finally:
         prom.stop()
 
@@ -97,7 +96,7 @@ def test_sigkill_mid_scale_up_then_restart_converges(cluster, namespace, operato
     assert after["metadata"]["uid"] == killed_at["metadata"]["uid"]
     # one Deployment, one ReplicaSet generation of pods: nothing recreated or lost
     assert len(cluster.kubectl_json("-n", namespace, "get", "deployments")["items"]) == 1
-    assert any(e["reason"] == "ScaledUp" for e in pool_events(cluster, namespace, name))
+    assert event_seen(cluster, namespace, name, lambda e: e["reason"] == "ScaledUp")
 
 
 def test_warm_floor_beyond_the_gpus_is_limited_without_crashing(cluster, namespace, operator, exporters, prometheus):
@@ -125,4 +124,4 @@ def test_warm_floor_beyond_the_gpus_is_limited_without_crashing(cluster, namespa
     status = cluster.wait_until(lambda: (s := get_pool(cluster, namespace, name)["status"]).get("readyReplicas") == 2 and s,
                                 timeout=90, desc="two of three replicas Ready")
     assert status["unschedulableReplicas"] == 1 and replicas(cluster, namespace, name) == 3
-    assert any(e["type"] == "Warning" and e["reason"] == "InsufficientGPUs" for e in pool_events(cluster, namespace, name))
+    assert event_seen(cluster, namespace, name, lambda e: e["type"] == "Warning" and e["reason"] == "InsufficientGPUs")

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exposition import serve_exposition, stop_server  # noqa: E402
 from test_operator import (  # noqa: E402,F401 - fixtures and helpers
-    INTERVAL, conditions, crd, exporters, get_pool, operator, pool_events, pool_manifest, replicas, robust_answer,
-    scrape_config, settled_status, wait_for_full_window,
+    INTERVAL, conditions, crd, event_seen, exporters, get_pool, operator, pool_events, pool_manifest, replicas,
+    robust_answer, scrape_config, settled_status, wait_for_full_window,
 )
 
 
@@ -63,9 +63,8 @@ def test_an_advisory_pool_recommends_and_never_scales_until_made_active(cluster,
     status = settled_status(cluster, namespace, name, expected, timeout=60, desc=f"{expected} replicas")
     assert status["mode"] == "Active" and "advisory" not in status
     assert json.loads(status["history"])["forecaster"]["count"] > before
-    events = pool_events(cluster, namespace, name)
-    assert any(e["reason"] == "ScaledUp" and f"1 -> {expected}" in e["message"] for e in events)
-    assert not [e for e in events if e["reason"] == "ReplicasRestored"]
+    event_seen(cluster, namespace, name, lambda e: e["reason"] == "ScaledUp" and f"1 -> {expected}" in e["message"])
+    assert not [e for e in pool_events(cluster, namespace, name) if e["reason"] == "ReplicasRestored"]
 
 
 def _dry_run(cluster, namespace, manifest) -> str:
@@ -192,7 +191,6 @@ def test_a_pool_at_zero_wakes_when_the_upstream_counter_rises(cluster, namespace
         gateway.set_rate(0.5)
         status = settled_status(cluster, namespace, name, lambda n: n >= 1, timeout=60, desc=">= 1 replica")
         assert status["desiredReplicas"] >= 1 and status["lastScaleReason"].startswith("scale up 0 -> 1: arrival ")
-        assert any(e["reason"] == "ScaledUp" and "wakes the pool" in e["message"]
-                   for e in pool_events(cluster, namespace, name))
+        assert event_seen(cluster, namespace, name, lambda e: e["reason"] == "ScaledUp" and "wakes the pool" in e["message"])
     finally:
         gateway.stop()

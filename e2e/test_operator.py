@@ -127,6 +127,13 @@ def settled_status(cluster, namespace: str, name: str, accept, timeout: float, d
     return cluster.wait_until(settled, timeout=timeout, desc=desc)
 
 
+def event_seen(cluster, namespace: str, name: str, match, timeout: float = 30) -> dict:
+    """The first Event on the pool that `match`es, waited for: Kopf posts Events from a queue of its own,
+    so one can land after the status or replica change a test saw first."""
+    return cluster.wait_until(lambda: next((e for e in pool_events(cluster, namespace, name) if match(e)), None),
+                              timeout=timeout, desc=f"an Event on {name} that matches")
+
+
 def pool_events(cluster, namespace: str, name: str) -> list[dict]:
     items = cluster.kubectl_json("-n", namespace, "get", "events", "--field-selector",
                                  f"involvedObject.kind=InferencePool,involvedObject.name={name}")["items"]
@@ -277,7 +284,7 @@ def test_operator_sizes_the_pool_by_erlang_c(cluster, namespace, operator, prome
     time.sleep(3 * INTERVAL)
     assert replicas(cluster, namespace, name) == expected
     assert get_pool(cluster, namespace, name)["status"]["desiredReplicas"] == expected
-    assert any(e["type"] == "Warning" and e["reason"] == held["reason"] for e in pool_events(cluster, namespace, name))
+    assert event_seen(cluster, namespace, name, lambda e: e["type"] == "Warning" and e["reason"] == held["reason"])
 
     # Deleting the pool deletes what it owns (the bed's garbage collector follows the owner refs).
     cluster.kubectl("-n", namespace, "delete", "ipool", name, "--wait=true", "--timeout=60s")
@@ -310,7 +317,7 @@ def test_scale_up_stops_while_pods_wait_for_gpus(cluster, namespace, operator, p
     assert l4_gpus < at_limit <= needed
     time.sleep(3 * INTERVAL)
     assert replicas(cluster, namespace, name) == at_limit  # no further scale-up while pods are Pending
-    assert any(e["reason"] == "InsufficientGPUs" for e in pool_events(cluster, namespace, name))
+    assert event_seen(cluster, namespace, name, lambda e: e["reason"] == "InsufficientGPUs")
 
 
 def test_one_batched_read_serves_many_pools(cluster, namespace, operator, prometheus, exporters):
@@ -375,7 +382,7 @@ def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_the_watch(clust
     (restored,) = op.decisions("workload restored")
     assert (restored["trigger"], restored["replicas_set"], restored["replicas"]) == ("watch", 5, 2)
     assert restored["manager"].startswith("kubectl")
-    assert any(e["reason"] == "ReplicasRestored" and "set to 5" in e["message"] for e in pool_events(cluster, namespace, name))
+    assert event_seen(cluster, namespace, name, lambda e: e["reason"] == "ReplicasRestored" and "set to 5" in e["message"])
 
     uid = cluster.kubectl_json("-n", namespace, "get", "deployment", name)["metadata"]["uid"]
     cluster.kubectl("-n", namespace, "delete", "deployment", name, "--wait=true")
@@ -383,5 +390,5 @@ def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_the_watch(clust
     again = cluster.kubectl_json("-n", namespace, "get", "deployment", name)
     assert again["metadata"]["uid"] != uid and again["spec"]["replicas"] == 2  # at the last decision, not the default 1
     assert op.decisions("workload restored")[-1]["deleted"] is True
-    assert any(e["reason"] == "DeploymentRestored" for e in pool_events(cluster, namespace, name))
+    assert event_seen(cluster, namespace, name, lambda e: e["reason"] == "DeploymentRestored")
     assert len(op.decisions()) == 1  # no decision did any of it
