@@ -273,3 +273,21 @@ def test_hindsight_floor_is_off_by_default_and_one_minute_counts_once():
     assert corrupt.history.minute_needs == ((60.0, 4),)
     broken = decide(spec, observe(current=30, minute_rate=-1.0))  # impossible: the pool holds, naming the field
     assert not broken.metrics_available and broken.replicas == 30 and "minute_rate" in broken.reason
+
+
+def test_the_error_budget_headroom_scales_the_hindsight_floor_when_asked():
+    base = dict(hindsight_quantile=0.95, scale_down_max_step=100, scale_down_window_seconds=60, slo_objective=0.99)
+    needs = tuple((60.0 * m, 20) for m in range(20))  # twenty past minutes that each needed 20 replicas
+    at = observe(rate=0.5, current=20, time=60.0 * 20, minute_rate=0.5)
+    plain = decide(reactive(**base), at, History(minute_needs=needs, headroom=1.5))
+    scaled = decide(reactive(**base, hindsight_feedback=True), at, History(minute_needs=needs, headroom=1.5))
+    assert plain.hindsight_floor == 20 and plain.replicas == 20  # off: the headroom leaves the floor alone
+    assert scaled.hindsight_floor == 30 and scaled.replicas == 30 and scaled.constraint == "hindsight_floor"
+    assert "x the error-budget headroom" in scaled.reason
+    # a healthy budget (headroom below 1) lowers the floor: 20 x 0.8 = 16, and it holds the pool there
+    spent = decide(reactive(**base, hindsight_feedback=True), at, History(minute_needs=needs, headroom=0.8))
+    assert spent.hindsight_floor == 16 and spent.replicas == 16
+    # without an objective there is no headroom to apply
+    no_objective = {**base, "slo_objective": None}
+    assert decide(reactive(**no_objective, hindsight_feedback=True), at,
+                  History(minute_needs=needs, headroom=1.5)).hindsight_floor == 20

@@ -70,3 +70,15 @@ def test_a_warm_up_longer_than_the_trace_is_refused(capsys):
         cli.main(["--warm-up", "2h", "--quiet"])
     assert exit_.value.code == 2
     assert "--warm-up" in capsys.readouterr().err
+
+
+def test_ours_knob_tuple_sets_the_hindsight_floor_and_its_headroom_scaling():
+    scenario = compare.Scenario(trace=tr.clip(tr.load(), 300.0), spec=PoolSpec(max_replicas=40), seed=0)
+    knob = (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97, None, True)
+    _, policy = sweep.build(scenario, "ours", knob, 3)
+    s = policy.spec
+    assert (s.slo_objective, s.backlog_drain_seconds, s.hindsight_quantile, s.hindsight_seconds, s.hindsight_feedback,
+            s.min_replicas) == (0.99, 10.0, 0.97, 3600.0, True, 3)
+    assert sweep._knob("ours", knob) == "q0.9 obj 0.99 drain 10s hfloor q0.97 xheadroom"
+    _, eight = sweep.build(scenario, "ours", knob[:8], 3)  # an 8-tuple (older rows) leaves the scaling off
+    assert eight.spec.hindsight_feedback is False and sweep._knob("ours", knob[:8]) == "q0.9 obj 0.99 drain 10s hfloor q0.97"

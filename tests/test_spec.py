@@ -270,6 +270,11 @@ def test_headroom_rules_are_off_unless_set_and_reach_the_policy():
     assert (on.backlog_drain_seconds, on.burst_memory_seconds, on.hindsight_quantile, on.hindsight_seconds) == (
         10.0, 1800.0, 0.97, 1800.0)
     assert parse(with_(MINIMAL, "headroom.hindsightFloor", {"quantile": 0.9})).policy.hindsight_seconds == 3600.0
+    assert (on.hindsight_feedback, off.hindsight_feedback) == (False, False)
+    scaled = parse(with_(MINIMAL, "headroom.hindsightFloor", {"quantile": 0.9, "scaleWithHeadroom": True})).policy
+    assert scaled.hindsight_feedback is True
+    with pytest.raises(SpecError, match=r"^spec.headroom.hindsightFloor.scaleWithHeadroom: must be true or false"):
+        parse(with_(MINIMAL, "headroom.hindsightFloor", {"quantile": 0.9, "scaleWithHeadroom": "yes"}))
     with pytest.raises(SpecError, match=r"^spec.headroom.hindsightFloor.quantile: is required"):
         parse(with_(MINIMAL, "headroom.hindsightFloor", {"windowSeconds": 1800}))
     crd = yaml.safe_load(CRD.read_text())
@@ -279,5 +284,6 @@ def test_headroom_rules_are_off_unless_set_and_reach_the_policy():
     floor = headroom["properties"]["hindsightFloor"]
     window = floor["properties"]["windowSeconds"]
     assert floor["required"] == ["quantile"] and (window["minimum"], window["maximum"], window["default"]) == (600, 21600, 3600)
+    assert (floor["properties"]["scaleWithHeadroom"]["type"], floor["properties"]["scaleWithHeadroom"]["default"]) == ("boolean", False)
     (rule,) = floor["properties"]["quantile"]["x-kubernetes-validations"]
     assert rule["rule"] == "self >= 0.5 && self < 1.0"

@@ -68,6 +68,11 @@ class PoolSpec:
     # tuned in hindsight on the recent past does, but moving with the load (see hindsight_floor).
     hindsight_quantile: float | None = None
     hindsight_seconds: float = 3600.0
+    # The error-budget headroom (slo_objective) scales the hindsight floor too (off by default): the learnt
+    # floor is Erlang-C's per-minute answer, which errs by the workload's and the cold start's own amount
+    # (it over-asks ~10% on a smooth trace; a long cold start leaves its top minutes uncovered), so the
+    # measured attainment calibrates it as it does the sized need (see hindsight_floor).
+    hindsight_feedback: bool = False
 
     @property
     def replica_cap(self) -> int:
@@ -494,6 +499,8 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         return math.ceil(servers / slots)
 
     learnt, history = hindsight_floor(spec, obs, history, minute_need)
+    if learnt is not None and spec.hindsight_feedback and spec.slo_objective is not None:
+        learnt = math.ceil(learnt * history.headroom - 1e-9)  # replicas ~ rate at these loads: scaled as the rate is
     if learnt is not None and wanted < min(learnt, cap):
         wanted, constraint = min(learnt, cap), "hindsight_floor"
     if wanted > cap:
@@ -614,7 +621,8 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
                       f"{spec.min_replicas if d.floor is None else d.floor}"
                       + (f" (schedule window {d.floor_window})" if d.floor_window else ""),
         "hindsight_floor": f"the SLO needs {d.required_replicas}, the learnt floor is {d.hindsight_floor} (the "
-                           f"q{spec.hindsight_quantile or 0:g} of the per-minute needs over {spec.hindsight_seconds:.0f}s)",
+                           f"q{spec.hindsight_quantile or 0:g} of the per-minute needs over {spec.hindsight_seconds:.0f}s"
+                           + (", x the error-budget headroom" if spec.hindsight_feedback and spec.slo_objective else "") + ")",
         "falling_demand": f"demand is falling: the forecast holds {d.required_replicas} replicas but adds none",
         "max_replicas": f"the SLO needs more than the {spec.max_replicas} max replicas",
         "gpu_budget": f"the GPU budget of {spec.max_gpus} allows {spec.replica_cap} replicas",

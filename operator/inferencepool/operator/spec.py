@@ -54,6 +54,7 @@ DEFAULTS = {
     "prediction.quantile": 0.9,
     "metrics.maxAgeSeconds": 120,
     "headroom.hindsightFloor.windowSeconds": 3600,
+    "headroom.hindsightFloor.scaleWithHeadroom": False,
     "cost.gpuHourPrice": "0",
     "cost.currency": "USD",
     "mode": "Active",
@@ -285,9 +286,12 @@ def _headroom(spec: Mapping) -> dict:
     if _lookup(spec, "headroom.hindsightFloor", None) is not None:
         quantile = _number(spec, "headroom.hindsightFloor.quantile", lambda q: 0.5 <= q < 1,
                            "a number in [0.5, 1) such as 0.97")
+    scaled = _lookup(spec, "headroom.hindsightFloor.scaleWithHeadroom")
+    if not isinstance(scaled, bool):
+        raise SpecError("headroom.hindsightFloor.scaleWithHeadroom", f"must be true or false, not {scaled!r}")
     return dict(backlog_drain_seconds=None if drain is None else float(drain),
                 burst_memory_seconds=None if memory is None else float(memory),
-                hindsight_quantile=quantile, hindsight_seconds=float(window))
+                hindsight_quantile=quantile, hindsight_seconds=float(window), hindsight_feedback=scaled)
 
 
 ZERO_NEEDS = ("needs spec.metrics.arrivalRateQuery: with no replica vLLM exports no metrics, so only an upstream "

@@ -34,11 +34,12 @@ class Grid:
     """Knob values per family, and floors as quantiles of the oracle's per-minute need (0 means a floor of 1).
 
     Ours: (forecast quantile, SLO margin, scale-down window s, objective[, backlog drain s[, burst memory s[,
-    hindsight floor quantile[, its horizon s]]]]) tuples; the
+    hindsight floor quantile[, its horizon s[, the headroom scales that floor]]]]]) tuples; the
     margin scales the wait target decide() sizes for (the SLO scored stays the scenario's), the objective
     turns on error-budget feedback (PoolSpec.slo_objective), the drain time transient sizing
     (PoolSpec.backlog_drain_seconds), the burst memory sizing for the trailing peak arrival CV
-    (PoolSpec.burst_memory_seconds), the hindsight floor (PoolSpec.hindsight_quantile, hindsight_seconds);
+    (PoolSpec.burst_memory_seconds), the hindsight floor (PoolSpec.hindsight_quantile, hindsight_seconds,
+    hindsight_feedback);
     None: off.
     """
 
@@ -46,7 +47,9 @@ class Grid:
                    (0.9, 1.0, 120.0, None), (0.9, 1.0, 1800.0, None), (0.9, 1.0, 300.0, 0.95),
                    (0.9, 1.0, 300.0, 0.99), (0.9, 1.0, 1800.0, 0.99), (0.9, 1.0, 1800.0, 0.995),
                    (0.9, 1.0, 300.0, None, 10.0), (0.9, 1.0, 300.0, None, 5.0), (0.9, 1.0, 1800.0, 0.995, 10.0),
-                   (0.9, 1.0, 300.0, None, None, 1800.0), (0.9, 1.0, 300.0, 0.99, 10.0, 1800.0))
+                   (0.9, 1.0, 300.0, None, None, 1800.0), (0.9, 1.0, 300.0, 0.99, 10.0, 1800.0),
+                   (0.9, 1.0, 120.0, None, None, None, 0.9), (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97),
+                   (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97, None, True))
     reactive: tuple = (1.0, 0.5, 0.25)
     hpa: tuple = (0.4, 0.6, 0.8, 0.9)
     keda: tuple = (1.0, 2.0, 5.0, 10.0)
@@ -66,7 +69,10 @@ COARSE = Grid(ours=((0.9, 1.0, 300.0, None), (0.9, 1.0, 1800.0, None), (0.9, 1.0
                    (0.9, 1.0, 300.0, 0.99, 10.0, 1800.0), (0.9, 1.0, 300.0, 0.995, 10.0, 1800.0),
                    (0.9, 1.0, 300.0, None, 10.0, None, 0.97), (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97),
                    (0.9, 1.0, 300.0, 0.99, 10.0, 1800.0, 0.97), (0.9, 1.0, 300.0, 0.985, 10.0, None, 0.99),
-                   (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97, 1800.0)), reactive=(1.0, 0.5), hpa=(0.5, 0.7, 0.9),
+                   (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97, 1800.0), (0.9, 1.0, 300.0, 0.993, 10.0, None, 0.97),
+                   (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97, None, True), (0.9, 1.0, 300.0, 0.993, 10.0, None, 0.97, None, True),
+                   (0.9, 1.0, 300.0, 0.99, 10.0, None, 0.97, 1800.0, True),
+                   (0.9, 1.0, 300.0, 0.993, 10.0, None, 0.97, 1800.0, True)), reactive=(1.0, 0.5), hpa=(0.5, 0.7, 0.9),
               keda=(1.0, 3.0, 10.0), kpa=(0.3, 0.5, 1.0), wva=(0.6, 0.8, 0.9), dynamo=(0.5, 0.7, 0.9),
               floor_quantiles=(0.0, 0.5, 0.9), static_steps=10)
 
@@ -102,13 +108,14 @@ def build(scenario: compare.Scenario, family: str, knob, floor: int):
     scenario = replace(scenario, spec=replace(scenario.spec, min_replicas=floor if family != "static" else 1))
     service, prefill = scenario.service, scenario.prefill
     if family in ("ours", "reactive"):
-        q, margin, window, objective, drain, memory, hq, hs = ((tuple(knob) + (None,) * 4)[:8] if family == "ours"
-                                                               else (None, knob, None, None, None, None, None, None))
+        q, margin, window, objective, drain, memory, hq, hs, hf = ((tuple(knob) + (None,) * 5)[:9] if family == "ours"
+                                                                   else (None, knob, None, None, None, None, None, None, None))
         spec = replace(scenario.spec, slo_target_seconds=scenario.spec.slo_target_seconds * margin,
                        prediction=q is not None, forecast_quantile=q if q is not None else scenario.spec.forecast_quantile,
                        scale_down_window_seconds=window or scenario.spec.scale_down_window_seconds,
                        slo_objective=objective, backlog_drain_seconds=drain, burst_memory_seconds=memory,
-                       hindsight_quantile=hq, hindsight_seconds=hs or scenario.spec.hindsight_seconds)
+                       hindsight_quantile=hq, hindsight_seconds=hs or scenario.spec.hindsight_seconds,
+                       hindsight_feedback=bool(hf))
         name = f"ours {_knob('ours', knob)}" if q is not None else f"reactive m{margin:g}"
         from inferencepool.simulate.baselines import ErlangC
 
@@ -216,11 +223,11 @@ def frontier(rows: list[dict], levels=LEVELS, by: str = "windows") -> dict:
 
 def _knob(family: str, knob) -> str:
     if family == "ours":
-        q, margin, window, objective, drain, memory, hq, hs = (tuple(knob) + (None,) * 4)[:8]
+        q, margin, window, objective, drain, memory, hq, hs, hf = (tuple(knob) + (None,) * 5)[:9]
         return (f"q{q:g}" + (f" m{margin:g}" if margin != 1 else "") + (f" w{window:g}" if window != 300 else "")
                 + (f" obj {objective:g}" if objective else "") + (f" drain {drain:g}s" if drain else "")
                 + (f" cvmem {memory:g}s" if memory else "")
-                + (f" hfloor q{hq:g}" + (f"/{hs:g}s" if hs else "") if hq is not None else ""))
+                + (f" hfloor q{hq:g}" + (f"/{hs:g}s" if hs else "") + (" xheadroom" if hf else "") if hq is not None else ""))
     return {"reactive": "m{}", "static": "{} replicas", "hpa": "util {}", "keda": "{} waiting", "kpa": "conc {}",
             "wva": "kv {}", "dynamo": "util {}"}[family].format(f"{knob:g}" if isinstance(knob, float) else knob)
 
