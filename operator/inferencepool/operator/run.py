@@ -253,6 +253,10 @@ def run(args: argparse.Namespace) -> int:
         peering=args.peering or "standalone",
         selector={k: str(v) for k, v in (args.selector or {}).items()} or None,
     )
+    from inferencepool.operator import memdump
+
+    if memdump.start_from_env():  # IPOOL_MEMORY_DUMP: where the memory goes (memdump.py); after the imports
+        log.warning("tracing memory allocations", prefix=os.environ["IPOOL_MEMORY_DUMP"])
     kopf.run(
         registry=registry,
         settings=settings,
