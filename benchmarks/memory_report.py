@@ -55,6 +55,13 @@ def main(argv=None) -> int:
         inner = next((f for f, lib in zip(frames, libs) if lib), frames[0])
         by_site[f"{inner.filename.split('site-packages/')[-1].split('operator/')[-1]}:{inner.lineno}"] += trace.size
     mib = 2**20
+    by_file = defaultdict(int)  # every library file on the stack gets the block: what each layer drove
+    for trace in snapshot.traces:
+        for name in {f.filename for f in trace.traceback if library(f.filename)}:
+            by_file[name.split("site-packages/")[-1].split("operator/")[-1]] += trace.size
+    print(f"\nby library file anywhere on the stack (cumulative), top {args.top}:")
+    for k, v in sorted(by_file.items(), key=lambda kv: -kv[1])[:args.top]:
+        print(f"  {v / mib:8.1f} MiB  {k}")
     print("\nby the outermost library on the stack (who drove it):")
     for k, v in sorted(by_lib.items(), key=lambda kv: -kv[1]):
         print(f"  {v / mib:8.1f} MiB  {k}")

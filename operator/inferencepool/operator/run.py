@@ -224,6 +224,9 @@ def run(args: argparse.Namespace) -> int:
 
     from inferencepool.operator import logs
 
+    from inferencepool.operator import rounds
+
+    rounds.tune_allocator()  # before any thread starts (rounds.py: where the RSS of many pools went)
     logs.configure(args.log_format, args.log_level)
     logs.post_failures()
     log = logs.get("inferencepool.operator.run")
