@@ -152,3 +152,28 @@ def test_a_failing_decision_posts_one_warning_event_per_message_and_the_pool_sta
         operator.until(lambda: any(name == "broken" for name, _ in operator.written))
     finally:
         r.stop()
+
+
+class _FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, option, value):
+        self.calls.append((option, value))
+        return 1
+
+
+def test_the_allocator_gets_two_arenas_and_a_fixed_mmap_threshold_unless_the_environment_sets_them(monkeypatch):
+    libc = _FakeLibc()
+    monkeypatch.setattr(rounds, "_libc", libc)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert rounds.tune_allocator() is True
+    assert libc.calls == [(rounds.M_ARENA_MAX, 2), (rounds.M_MMAP_THRESHOLD, 128 * 1024)]
+    assert (rounds.M_ARENA_MAX, rounds.M_MMAP_THRESHOLD) == (-8, -3)  # glibc's malloc.h
+    libc.calls.clear()
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert rounds.tune_allocator() is True
+    assert libc.calls == [(rounds.M_MMAP_THRESHOLD, 128 * 1024)]  # the environment wins
+    monkeypatch.setattr(rounds, "_libc", None)
+    assert rounds.tune_allocator() is False

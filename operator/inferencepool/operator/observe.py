@@ -376,15 +376,40 @@ class Pools(dict):
     window_note: str | None = None  # set when the configured windows were too short
 
 
+@dataclass(frozen=True)
+class Digest:
+    """One query's raw result reduced to what pool_metrics reads: parsed values, implausible ones, KV size."""
+
+    values: dict  # {pool: value}, or {pool: [(le, rate), ...]} for a `_buckets` query
+    invalid: dict[PoolKey, tuple[str, ...]]
+    kv_tokens: dict[PoolKey, float] | None = None
+
+
+def digest(name: str, result: list, settings: QuerySettings) -> Digest:
+    """Reduce one answer as it arrives, so that a batched read never holds every raw answer at once (at
+    1,000 pools the 34 answers, lists of dicts, peaked at about 26 MiB; a digest is a few per cent of that)."""
+    parse = parse_buckets if name.endswith("_buckets") else parse_vector
+    return Digest(parse(result, settings), invalid_signals({name: result}, settings),
+                  kv_capacity(result, settings) if name == "kv_config" else None)
+
+
 def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
-    """Every pool's metrics from the raw results of `queries()` (keyed the same way).
+    """Every pool's metrics from the raw results of `queries()` (keyed the same way)."""
+    return pool_metrics_of({name: digest(name, result, settings) for name, result in results.items()}, settings)
+
+
+def pool_metrics_of(digests: Mapping[str, Digest], settings: QuerySettings) -> Pools:
+    """Every pool's metrics from the digests of `queries()`' results (keyed the same way).
 
     A pool whose targets Prometheus knows (`up`) but that has no vLLM sample is present with
     newest_sample_time None, so that its status can say the scrape works but the series are missing.
     """
-    invalid = invalid_signals(results, settings)
-    vec = {name: parse_vector(results.get(name, []), settings) for name in results if not name.endswith("_buckets")}
-    hist = {name: parse_buckets(results.get(name, []), settings) for name in results if name.endswith("_buckets")}
+    invalid: dict[PoolKey, tuple[str, ...]] = {}
+    for d in digests.values():
+        for key, names in d.invalid.items():
+            invalid[key] = tuple(sorted({*invalid.get(key, ()), *names}))
+    vec = {name: d.values for name, d in digests.items() if not name.endswith("_buckets")}  # consumed: the pops below
+    hist = {name: d.values for name, d in digests.items() if name.endswith("_buckets")}
     for key, names in invalid.items():  # an impossible value is unknown, never zero demand
         for name in names:
             (hist if name.endswith("_buckets") else vec).get(name, {}).pop(key, None)
@@ -392,7 +417,7 @@ def pool_metrics(results: Mapping[str, list], settings: QuerySettings) -> Pools:
     def get(name: str, key: PoolKey) -> float | None:
         return vec.get(name, {}).get(key)
 
-    kv_tokens = kv_capacity(results.get("kv_config", []), settings)
+    kv_tokens = (digests["kv_config"].kv_tokens or {}) if "kv_config" in digests else {}
     pools = Pools()
     pools.unlabelled_series = int(sum(vec.get("unlabelled_series", {}).values()))
     for key, up in vec.get("targets_up", {}).items():
@@ -903,10 +928,10 @@ class PrometheusReader:
             spacing = min(parse_vector(ask("scrape_spacing", spacing_query(self.settings, matchers)), self.settings).values(),
                           default=None)
             settings, interval, note = windows_for(self.settings, spacing)
-            results = {name: ask(name, promql) for name, promql in queries(settings, matchers).items()}
+            digests = {name: digest(name, ask(name, promql), settings) for name, promql in queries(settings, matchers).items()}
         except PrometheusUnavailable as error:
             return error
-        pools = self._with_curve_points(url, matchers, pool_metrics(results, settings))
+        pools = self._with_curve_points(url, matchers, pool_metrics_of(digests, settings))
         pools.scrape_interval, pools.window_note = interval, note
         pools.rate_window, pools.burst_window = settings.rate_window, settings.burst_window
         return pools

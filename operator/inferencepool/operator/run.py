@@ -224,6 +224,9 @@ def run(args: argparse.Namespace) -> int:
 
     from inferencepool.operator import logs
 
+    from inferencepool.operator import rounds
+
+    rounds.tune_allocator()  # before any thread starts (rounds.py: where the RSS of many pools went)
     logs.configure(args.log_format, args.log_level)
     logs.post_failures()
     log = logs.get("inferencepool.operator.run")
@@ -253,6 +256,10 @@ def run(args: argparse.Namespace) -> int:
         peering=args.peering or "standalone",
         selector={k: str(v) for k, v in (args.selector or {}).items()} or None,
     )
+    from inferencepool.operator import memdump
+
+    if memdump.start_from_env():  # IPOOL_MEMORY_DUMP: where the memory goes (memdump.py); after the imports
+        log.warning("tracing memory allocations", prefix=os.environ["IPOOL_MEMORY_DUMP"])
     kopf.run(
         registry=registry,
         settings=settings,
