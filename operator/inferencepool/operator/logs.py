@@ -57,6 +57,34 @@ def _kopf_object(_, __, event_dict):
 HANDLER_FAILED = ("failed with an exception", "failed temporarily", "failed permanently")
 
 
+class QuietWarnings:
+    """Warning Events on pools, the same object and message at most once per `quiet` seconds, so a
+    failure that repeats every tick does not flood Events; best effort (the log line stays)."""
+
+    def __init__(self, quiet: float = 60.0, clock=None, warn=None):
+        import threading
+        import time
+
+        self.quiet, self._clock, self._warn, self._last = quiet, clock or time.monotonic, warn, {}
+        self._lock = threading.Lock()  # the rounds' deciding threads post from several threads
+
+    def post(self, key, body, reason: str, message: str) -> None:
+        now, key = self._clock(), (key, message)
+        with self._lock:
+            if now - self._last.get(key, -self.quiet) < self.quiet:
+                return
+            self._last = {k: t for k, t in self._last.items() if now - t < self.quiet} | {key: now}
+        try:
+            if self._warn is not None:
+                self._warn(body, reason=reason, message=message[:1024])
+            else:
+                import kopf
+
+                kopf.warn(body, reason=reason, message=message[:1024])
+        except Exception:  # noqa: BLE001 - an Event is best effort (no kopf context here); the log line stays
+            pass
+
+
 class FailureEvents(logging.Handler):
     """A Warning Event on the pool for each of kopf's handler-failure lines (kopf posts log lines as
     Events only with settings.posting.loggers, which would post every tick's success line too), at most
@@ -64,26 +92,15 @@ class FailureEvents(logging.Handler):
 
     def __init__(self, quiet: float = 60.0, clock=None):
         super().__init__(logging.ERROR)
-        import time
-
-        self.quiet, self._clock, self._last = quiet, clock or time.monotonic, {}
+        self.warnings = QuietWarnings(quiet, clock)
 
     def emit(self, record: logging.LogRecord) -> None:
         ref, message = getattr(record, "k8s_ref", None), record.getMessage()
         if not isinstance(ref, dict) or not any(words in message for words in HANDLER_FAILED):
             return
-        key, now = (ref.get("uid"), message), self._clock()
-        if now - self._last.get(key, -self.quiet) < self.quiet:
-            return
-        self._last = {k: t for k, t in self._last.items() if now - t < self.quiet} | {key: now}
-        import kopf
-
         body = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
                 "metadata": {"name": ref.get("name"), "namespace": ref.get("namespace"), "uid": ref.get("uid")}}
-        try:
-            kopf.warn(body, reason="HandlerFailed", message=message[:1024])
-        except Exception:  # noqa: BLE001 - an Event is best effort (no kopf context here); the log line stays
-            pass
+        self.warnings.post(ref.get("uid"), body, "HandlerFailed", message)
 
 
 def post_failures(quiet: float = 60.0) -> FailureEvents:

@@ -45,7 +45,7 @@ try:
 except (OSError, AttributeError):
     _libc = None
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's malloc.h
 
 
 def tune_allocator(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
@@ -73,11 +73,10 @@ class Rounds:
     """Every member pool decided once per `interval`, at most `workers` decisions at a time."""
 
     def __init__(self, operator, interval: float, indexes: tuple[str, ...] = (), workers: int = 8,
-                 warn=kopf.warn, quiet: float = 60.0):
+                 warn=None, quiet: float = 60.0):
         self.operator, self.interval, self.indexes = operator, interval, indexes
         self.workers = workers
-        self._warn, self.quiet = warn, quiet
-        self._warned: dict[tuple[str, str], tuple[str, float]] = {}  # the last failure Event, by pool
+        self._failures = logs.QuietWarnings(quiet, warn=warn)  # HandlerFailed Events, as Kopf posted them
         self._members: dict[tuple[str, str], kopf.Body] = {}
         self._busy: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -116,7 +115,6 @@ class Rounds:
     def leave(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._members.pop(key, None)
-            self._warned.pop(key, None)
 
     def kick(self, key: tuple[str, str]) -> None:
         """Decide a member now, without waiting for the round (its Deployment just appeared)."""
@@ -164,25 +162,12 @@ class Rounds:
                 self.operator.autoscale(body, body.status, patch, **self._kwargs)
             except Exception as error:  # noqa: BLE001 - one pool's failure is logged; the next round retries it
                 log.error("decision failed", namespace=key[0], pool=key[1], error=repr(error), exc_info=True)
-                self._post_failure(key, body, f"decision failed: {error!r}")
+                self._failures.post(key, body, "HandlerFailed", f"decision failed: {error!r}")
             if patch.get("status"):
                 self._write_status(key, dict(patch["status"]))
         finally:
             with self._lock:
                 self._busy.discard(key)
-
-    def _post_failure(self, key: tuple[str, str], body, message: str) -> None:
-        """A HandlerFailed Warning Event on the pool (what Kopf posted when a timer failed), the same
-        message at most once per `quiet` seconds, so a pool failing every round does not flood Events."""
-        now = time.monotonic()
-        last = self._warned.get(key)
-        if last is not None and last[0] == message and now - last[1] < self.quiet:
-            return
-        self._warned[key] = (message, now)
-        try:
-            self._warn(body, reason="HandlerFailed", message=message[:1024])
-        except Exception:  # noqa: BLE001 - an Event is best effort; the log line stays
-            pass
 
     def _write_status(self, key: tuple[str, str], status: dict) -> None:
         """Queue the pool's status patch for the writers, so that a slow apiserver delays writes, not
