@@ -19,12 +19,13 @@ NASTY = (None, math.nan, 0.0, -1.0, 1e-300, 1e308, math.inf)
 FLOAT_FIELDS = (
     "arrival_rate", "service_time", "service_samples", "arrival_cv", "service_cv", "prefill_time", "waiting",
     "running", "cold_start_seconds", "metrics_age_seconds", "service_concurrency", "kv_cache_usage", "preemptions",
+    "rate_window_seconds",
 )
 # What no real pool shows (orders of magnitude above any fleet): the test's bounds, checked against
 # core/sanitize.py's by test_sanitize_bounds_are_no_tighter_than_physics.
 ABSURD = {"arrival_rate": 1e7, "kv_cache_usage": 2.0}
 ABSURD_DEFAULT = 1e13
-SECONDS_FIELDS = ("service_time", "prefill_time", "cold_start_seconds")
+SECONDS_FIELDS = ("service_time", "prefill_time", "cold_start_seconds", "rate_window_seconds")
 
 
 def nasty_or(ordinary: st.SearchStrategy) -> st.SearchStrategy:
@@ -64,6 +65,7 @@ def specs(draw) -> PoolSpec:
         prediction_horizon_seconds=draw(st.one_of(st.none(), st.floats(1.0, 86400.0))),
         default_cold_start_seconds=draw(st.floats(1.0, 86400.0)),
         forecast_quantile=draw(st.floats(0.5, 0.99)),
+        ramp_detection=draw(st.booleans()),
         max_metrics_age_seconds=draw(st.floats(1.0, 86400.0)),
     )
 
@@ -86,6 +88,9 @@ def forecasters(draw):
         baseline=draw(st.one_of(st.none(), st.floats(0.0, 100.0), st.just(math.inf))),
         profile=profile,
         profile_seconds=draw(st.sampled_from(((), (3600.0,) * len(profile), (-1.0,) * len(profile)))),
+        recent=tuple(draw(st.lists(st.tuples(st.one_of(st.floats(800.0, 1100.0), _any_float().filter(lambda x: x is not None)),
+                                             st.one_of(st.floats(0.0, 100.0), _any_float().filter(lambda x: x is not None))),
+                                   max_size=4))),
     )
 
 
@@ -98,6 +103,7 @@ def histories(draw) -> History:
             st.integers(-5, 10**6)), max_size=4))),
         last_service_time=draw(nasty_or(st.floats(1e-3, 100.0))),
         last_scale_time=draw(nasty_or(st.floats(0.0, 1000.0))),
+        sized_cv=draw(nasty_or(st.floats(0.0, 5.0))),
     )
 
 

@@ -154,3 +154,91 @@ def test_irregular_steps_and_repeated_times_are_harmless():
         state = fc.update(state, t, 3.0)
     assert fc.point(state, 180) == pytest.approx(3.0, rel=1e-6)
     assert math.isfinite(fc.upper_peak(state, 180, 0.9))
+
+
+def windowed_rates(rate, start, end, window, step, seed, batch=1):
+    """(times, rates over `window` every `step` s) of a Poisson process of batches of `batch` requests at
+    rate(t) / batch batches per second (thinning), so the index of dispersion of counts is `batch`."""
+    rng = np.random.default_rng(seed)
+    peak = max(rate(t) for t in np.arange(start - window, end, 1.0)) / batch
+    t, arrivals = start - window, []
+    while t < end:
+        t += rng.exponential(1 / peak)
+        if rng.random() < rate(t) / batch / peak:
+            arrivals += [t] * batch
+    arrivals = np.array(arrivals)
+    times = np.arange(start, end, step)
+    return times, (np.searchsorted(arrivals, times) - np.searchsorted(arrivals, times - window)) / window
+
+
+def e2e_ramp(t):
+    """The closed-loop e2e test's profile: 2/s, a 90 s ramp to 14/s, 30 s there, back to 2/s."""
+    return 2.0 if t < 30 else 2 + 12 * (t - 30) / 90 if t < 120 else 14.0 if t < 150 else 2.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_ramp_within_the_horizon_is_extrapolated_within_a_window_of_its_start(seed):
+    """Holt's level trails a 90 s ramp seen through a 15 s rate window (its trend learns over hours); the
+    ramp test sees it within about a window and puts the horizon's rate near the truth 15 s later."""
+    window, horizon = 15.0, 15.0
+    times, rates = windowed_rates(e2e_ramp, -600, 150, window, 2.0, seed)
+    state, seen, errors_on_ramp, holt_short = None, None, [], []
+    for t, r in zip(times, rates):
+        state = fc.update(state, float(t), float(r), rate_window=window)
+        on_ramp = fc.ramp(state, horizon, window)
+        if on_ramp is not None and t >= 30 and seen is None:
+            seen = t
+        if 60 <= t <= 105:  # the ramp's middle: half a window behind the truth, a horizon ahead of now
+            holt_short.append(e2e_ramp(t + horizon) - fc.upper_peak(state, horizon, 0.9))
+            if on_ramp is not None:
+                errors_on_ramp.append(on_ramp / e2e_ramp(t + horizon) - 1)
+    assert seen is not None and seen <= 30 + 2 * window, seen
+    assert min(holt_short) > 2.0  # Holt alone is more than 2/s short all through the ramp's middle
+    assert len(errors_on_ramp) >= 0.5 * 23, len(errors_on_ramp)  # of 23 observations
+    assert abs(np.median(errors_on_ramp)) < 0.15 and max(map(abs, errors_on_ramp)) < 0.35, errors_on_ramp
+
+
+@pytest.mark.parametrize("level", [2.0, 20.0])
+def test_a_flat_rate_rarely_looks_like_a_ramp(level):
+    times, rates = windowed_rates(lambda t: level, 0, 3600, 15.0, 2.0, seed=int(level))
+    state, ramps = None, 0
+    for t, r in zip(times, rates):
+        state = fc.update(state, float(t), float(r), rate_window=15.0)
+        ramps += fc.ramp(state, 15.0, 15.0) is not None
+    assert ramps / len(times) < 0.04, ramps / len(times)  # one-sided 2 sigma: about 2.3%
+
+
+def test_bursty_arrivals_need_their_dispersion_to_not_look_like_ramps():
+    """Requests in batches of 8: counts vary 8 times a Poisson's. Read as Poisson, noise passes for ramps;
+    with the measured index of dispersion it rarely does."""
+    times, rates = windowed_rates(lambda t: 4.0, 0, 3600, 15.0, 2.0, seed=3, batch=8)
+    state, as_poisson, as_measured = None, 0, 0
+    for t, r in zip(times, rates):
+        state = fc.update(state, float(t), float(r), rate_window=15.0)
+        as_poisson += fc.ramp(state, 15.0, 15.0) is not None
+        as_measured += fc.ramp(state, 15.0, 15.0, dispersion=8.0) is not None
+    assert as_poisson / len(times) > 0.1 and as_measured / len(times) < 0.04, (as_poisson, as_measured, len(times))
+
+
+def test_the_ramp_needs_two_windows_of_history_and_a_window():
+    state = None
+    for t in range(0, 30, 2):
+        state = fc.update(state, float(t), 1.0 + t, rate_window=15.0)
+    assert fc.ramp(state, 15.0, 15.0) is None  # 28 s of history: no baseline two 15 s windows old yet
+    state = fc.update(state, 32.0, 33.0, rate_window=15.0)
+    assert fc.ramp(state, 15.0, 15.0) == pytest.approx(33.0 + 1.0 * 22.5)  # 1/s per s, from half a window back
+    assert fc.ramp(state, 60.0, 15.0) == pytest.approx(33.0 + 1.0 * 30.0)  # no further than the 30 s seen
+    assert fc.ramp(state, 15.0, None) is None
+    assert fc.update(None, 0.0, 1.0).recent == ()  # no window known: nothing kept
+    assert state.recent[0][0] == 2.0 and len(state.recent) == 15  # back to the newest point two windows older
+
+
+def test_a_fast_reconcile_keeps_few_recent_points_and_still_sees_the_ramp():
+    """Every 0.5 s on a 2-minute window: 480 points over two windows would bloat the status; thinned, the
+    state keeps at most RAMP_POINTS and still reaches back two windows."""
+    state = None
+    for t in np.arange(0.0, 600.0, 0.5):
+        state = fc.update(state, float(t), 2.0 + max(t - 300.0, 0.0) * 0.02, rate_window=120.0)
+    assert len(state.recent) <= fc.RAMP_POINTS and state.recent[0][0] <= state.time - 240.0
+    assert state.recent[-1] == (state.time, 2.0 + 0.02 * (state.time - 300.0))
+    assert fc.ramp(state, 180.0, 120.0) == pytest.approx(state.recent[-1][1] + 0.02 * 240.0, rel=0.05)

@@ -118,3 +118,17 @@ def test_an_underflowing_service_time_decides():
                        arrival_cv=0.0, service_cv=3.7e-78, metrics_age_seconds=0.0)
     d = decide(spec, obs, History())
     assert d.replicas == 1 and d.p_wait_exceeds == {1: 0.0, 2: 0.0}
+
+
+def test_a_forecaster_with_corrupt_recent_rates_restarts():
+    """The ramp test's recent rates come from status too: times out of order or after the state's own time,
+    a negative or non-finite rate, and the forecaster restarts rather than extrapolate from them."""
+    from inferencepool.core.forecast import HoltState
+
+    good = HoltState(time=100.0, level=2.0, trend=0.0, residual_var=0.1, step=2.0, count=9,
+                     recent=((60.0, 1.0), (80.0, 2.0), (100.0, 3.0)))
+    assert sanitize.clean_history(History(forecaster=good), 101.0).forecaster == good
+    for recent in (((80.0, 1.0), (60.0, 2.0)), ((60.0, 1.0), (120.0, 2.0)), ((60.0, -1.0),), ((60.0, math.nan),),
+                   ((math.inf, 1.0),), ((60.0, 1e300),)):
+        bad = HoltState(time=100.0, level=2.0, trend=0.0, residual_var=0.1, step=2.0, count=9, recent=recent)
+        assert sanitize.clean_history(History(forecaster=bad), 101.0).forecaster is None, recent

@@ -291,3 +291,45 @@ def test_the_error_budget_headroom_scales_the_hindsight_floor_when_asked():
     no_objective = {**base, "slo_objective": None}
     assert decide(reactive(**no_objective, hindsight_feedback=True), at,
                   History(minute_needs=needs, headroom=1.5)).hindsight_floor == 20
+
+
+def test_a_ramp_seen_between_rate_windows_sizes_for_where_it_leads():
+    """A clean ramp through a 2-minute window: Holt's bound trails it, the ramp test carries it to the
+    horizon; turned off (spec.prediction.ramp: false) or without a known window it is not used."""
+    def run(spec, window=120.0):
+        history, d = History(), None
+        for step in range(24):  # 6 minutes: 2/s, rising 0.01/s per second after the first 2 minutes
+            t = 15.0 * step
+            obs = observe(rate=2.0 + 0.01 * max(t - 120.0, 0.0), service=1.0, time=t, current=5, rate_window_seconds=window)
+            d = decide(spec, obs, history)
+            history = d.history
+        return d, obs
+    spec = reactive(prediction=True, prediction_horizon_seconds=180, slo_target_seconds=1.0)
+    on, obs = run(spec)
+    off, _ = run(reactive(prediction=True, prediction_horizon_seconds=180, slo_target_seconds=1.0, ramp_detection=False))
+    blind, _ = run(spec, window=None)
+    # against the rate two windows (240 s) back, 2.0/s, carried 60 + 180 s ahead: as far as the rise was seen
+    assert on.ramp_rate == pytest.approx(obs.arrival_rate + (obs.arrival_rate - 2.0) / 240.0 * 240.0)
+    assert on.forecast_rate == on.ramp_rate and "on a ramp" in on.reason
+    assert on.required_replicas > off.required_replicas
+    assert off.ramp_rate is None and blind.ramp_rate is None and off.forecast_rate == blind.forecast_rate
+    assert decide(reactive(), obs, on.history).ramp_rate is None  # prediction off: reactive, no ramp either
+
+
+def test_a_falling_rate_does_not_raise_the_sizing_cv():
+    """After a burst the dispersion windows hold counts from before and after the fall, and read as bursty;
+    while the rate is below Holt's level the CV sized with stays at the last decision's, so nothing is
+    ordered for a burst that is over. Level or rising, the measured CV is taken as it is."""
+    spec = reactive(slo_target_seconds=1.0, scale_down_window_seconds=0.0)
+    history = History()
+    for step in range(20):  # a steady 10/s at CV 1
+        d = decide(spec, observe(rate=10.0, service=1.0, time=15.0 * step, current=4, arrival_cv=1.0), history)
+        history = d.history
+    after = observe(rate=3.0, service=1.0, time=300.0, current=d.replicas, arrival_cv=4.0)
+    held = decide(spec, after, history)
+    assert held.arrival_cv == 1.0 and held.replicas <= d.replicas
+    assert held.held_cv == 4.0 and "arrival CV held at 1.00 while demand falls (measured 4.00)" in held.reason
+    assert decide(spec, after, History()).arrival_cv == 4.0  # nothing to hold to: as measured
+    assert decide(spec, after, history).replicas < decide(spec, after, History()).replicas
+    rising = observe(rate=12.0, service=1.0, time=300.0, current=d.replicas, arrival_cv=2.0)
+    assert decide(spec, rising, history).arrival_cv == 2.0  # burstier while rising: followed

@@ -35,7 +35,7 @@ FULL = {
     "maxGPUs": 32,
     "slotsPerReplica": 64,
     "scaleDown": {"stabilizationWindowSeconds": 600, "maxStep": 2},
-    "prediction": {"enabled": False, "horizon": 240, "coldStartSeconds": 400, "quantile": 0.95},
+    "prediction": {"enabled": False, "horizon": 240, "coldStartSeconds": 400, "quantile": 0.95, "ramp": False},
     "metrics": {"prometheusURL": "http://prom:9090", "matchers": 'cluster="eu"', "maxAgeSeconds": 60},
     "cost": {"gpuHourPrice": "2.50", "currency": "EUR"},
 }
@@ -59,6 +59,7 @@ def test_minimal_spec_gets_the_defaults():
     assert (p.scale_down_window_seconds, p.scale_down_max_step) == (300.0, 1)
     assert p.prediction and p.prediction_horizon_seconds is None and p.default_cold_start_seconds == 180.0
     assert (p.forecast_quantile, p.max_metrics_age_seconds, p.gpu_hour_price) == (0.9, 120.0, 0.0)
+    assert p.ramp_detection  # spec.prediction.ramp defaults to true, as the CRD does
     assert config.model_source == config.model_name == "meta-llama/Llama-3.1-8B-Instruct"
     assert (config.image, config.port, config.extra_args, config.gpu_product) == ("vllm/vllm-openai:v0.33.0", 8000, (), None)
     assert config.image == pool_spec.DEFAULT_IMAGE == f"vllm/vllm-openai:v{pool_spec.VLLM_VERSION}"
@@ -75,6 +76,7 @@ def test_full_spec_maps_every_field():
     assert p.replica_cap == 8
     assert (p.scale_down_window_seconds, p.scale_down_max_step) == (600.0, 2)
     assert (p.prediction, p.prediction_horizon_seconds, p.default_cold_start_seconds, p.forecast_quantile) == (False, 240.0, 400.0, 0.95)
+    assert not p.ramp_detection
     assert (p.max_metrics_age_seconds, p.gpu_hour_price) == (60.0, 2.5)
     assert (config.model_name, config.model_source, config.model_pvc) == ("llama-70b", "/models/llama-3.1-70b", "weights")
     assert (config.image, config.port, config.extra_args) == ("vllm/vllm-openai:v0.9.0", 8080, ("--max-model-len", "8192"))

@@ -5,6 +5,7 @@ reads a step exactly as the operator would have read it live."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from inferencepool.backtest.replay import Step
 from inferencepool.operator import observe
@@ -37,6 +38,7 @@ def read(client, namespace: str, name: str, start: float, end: float, step: floa
         metrics = observe.find(pools, namespace, name)
         actual = int(round(max(replicas))) if replicas else None
         obs = observe.observations(metrics, t, actual or 0, actual or 0) if metrics is not None else None
+        obs = obs and replace(obs, rate_window_seconds=observe.parse_duration(settings.rate_window))
         steps.append(Step(t, obs, actual, tuple(metrics.queue_buckets) if metrics is not None else ()))
     return steps
 

@@ -37,6 +37,7 @@ class PoolSpec:
     prediction_horizon_seconds: float | None = None  # None: the measured cold start
     default_cold_start_seconds: float = 180.0  # horizon while no cold start has been measured
     forecast_quantile: float = 0.9  # size for this upper quantile of the forecast
+    ramp_detection: bool = True  # with prediction: a rise between rate windows beyond their noise is extrapolated
     max_metrics_age_seconds: float = 120.0  # older observations are stale: hold
     gpu_hour_price: float = 0.0
     max_token_time_seconds: float | None = None  # inter-token latency target: caps concurrency (with a curve)
@@ -128,6 +129,7 @@ class Observations:
     # Arrivals per second over the last minute (the hindsight floor's per-minute need): observe.py counts them
     # by conservation, completions + the change of waiting + running over its 60 s dispersion window.
     minute_rate: float | None = None
+    rate_window_seconds: float | None = None  # the window arrival_rate is averaged over (the ramp test's unit)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ class History:
     tail_time: float | None = None  # when the last window was folded in
     cv_peaks: tuple[tuple[float, float], ...] = ()  # burst memory: (minute start, highest arrival CV in it)
     minute_needs: tuple[tuple[float, int], ...] = ()  # hindsight floor: (minute start, replicas its rate needed)
+    sized_cv: float | None = None  # the arrival CV the last decision sized with (before burst memory)
 
     def to_dict(self) -> dict:
         """JSON-ready, for the pool's status: a restarted operator resumes from it."""
@@ -170,6 +173,7 @@ class History:
                 tail_time=data.get("tail_time"),
                 cv_peaks=tuple((float(t), float(c)) for t, c in data.get("cv_peaks", ())),
                 minute_needs=tuple((float(t), int(r)) for t, r in data.get("minute_needs", ())),
+                sized_cv=data.get("sized_cv"),
             )
         except (TypeError, ValueError):
             return cls()
@@ -199,7 +203,8 @@ class Decision:
     required_replicas: int | None = None  # what the SLO alone needs, before floor and caps
     planning_rate: float | None = None  # the arrival rate sized for (forecast upper quantile or observed)
     horizon_seconds: float | None = None
-    forecast_rate: float | None = None  # the forecast's upper quantile over the horizon
+    forecast_rate: float | None = None  # the forecast's upper quantile over the horizon (or the ramp's, if higher)
+    ramp_rate: float | None = None  # the ramp's extrapolation to the horizon, while demand is on one (forecast.ramp)
     utilization: float | None = None  # at `replicas`, with the observed rate
     p_wait_exceeds: dict[int, float] = field(default_factory=dict)  # P(wait > target) at N-1, N, N+1
     predicted_wait: float | None = None  # the SLO statistic of the wait at `replicas`
@@ -210,6 +215,7 @@ class Decision:
     floor: int | None = None  # the warm floor at this moment (spec.minReplicas or the active schedule window's)
     floor_window: str | None = None  # the schedule window that set it; None: spec.minReplicas
     arrival_cv: float | None = None  # the arrival CV sized with (from arrival_dispersion at dispersion_timescale)
+    held_cv: float | None = None  # the measured CV when a falling rate held the sized one lower (hold_cv_while_falling)
     dispersion_timescale: float | None = None  # seconds; None: obs.arrival_cv was used as it is
     wait_correction: float = 1.0  # the fitted factor on the model's tail (fit_correction)
     hindsight_floor: int | None = None  # the learnt floor (PoolSpec.hindsight_quantile), when on and known
@@ -280,6 +286,18 @@ def fit_correction(spec: PoolSpec, obs: Observations, history: History, predicte
     decay, new = math.exp(-elapsed / CORRECTION_MEMORY_SECONDS), requests * elapsed / window
     return replace(history, tail_observed=history.tail_observed * decay + min(max(share, 0.0), 1.0) * new,
                    tail_predicted=history.tail_predicted * decay + predicted_share * new, tail_time=obs.time)
+
+
+def hold_cv_while_falling(obs: Observations, history: History, forecaster: fc.HoltState, cv: float
+                          ) -> tuple[float, History]:
+    """The arrival CV to size for while demand falls (the rate below Holt's smoothed level): no higher
+    than the last decision's. Why: the dispersion windows then hold counts from before and after the fall,
+    so their spread is the level change, not burstiness; after a burst ended, the reactive e2e pool read
+    CV 4 at 2.3/s and ordered a replica 47 s after the load was back at its baseline. A rising or level
+    rate takes the measured CV as it is, so burstier traffic is still followed, a tick or two later."""
+    if history.sized_cv is not None and obs.arrival_rate < fc.point(forecaster, 0.0):
+        cv = min(cv, history.sized_cv)
+    return cv, replace(history, sized_cv=cv)
 
 
 def remember_burstiness(spec: PoolSpec, obs: Observations, history: History, cv: float) -> tuple[float, History]:
@@ -431,12 +449,18 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     if stale or not rate_known or (service_time is None and obs.arrival_rate > 0):
         return replace(_hold_for_metrics(replace(spec, min_replicas=floor), obs, history, stale, rate_known), **floors)
 
-    forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate)
+    forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate, rate_window=obs.rate_window_seconds)
     history = feedback(spec, obs, replace(history, forecaster=forecaster, last_service_time=trusted))
-    planning_rate, forecast_rate, horizon_s = obs.arrival_rate, None, None
+    planning_rate, forecast_rate, horizon_s, ramp_rate = obs.arrival_rate, None, None, None
     if spec.prediction:
         horizon_s = horizon(spec, obs)
         forecast_rate = fc.upper_peak(forecaster, horizon_s, spec.forecast_quantile)
+        if spec.ramp_detection and obs.rate_window_seconds:
+            # the noise of a count: Poisson x the index of dispersion at the shortest (burst) window, where a
+            # trend inflates it least (read at the rate window, a ramp's own rise passed for noise on the bed;
+            # a steep ramp still inflates it, and the test then waits: a detrended dispersion would not)
+            ramp_rate = fc.ramp(forecaster, horizon_s, obs.rate_window_seconds, obs.arrival_cv**2)
+            forecast_rate = max(forecast_rate, ramp_rate or 0.0)
         planning_rate = max(obs.arrival_rate, forecast_rate)
     observed_rate = obs.arrival_rate
     if spec.slo_objective is not None:
@@ -453,6 +477,9 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         timescale = dispersion_timescale(service_time, target)
         at = dispersion_at(obs.arrival_dispersion, timescale)
         arrival_cv = math.sqrt(at) if at is not None else arrival_cv
+    measured_cv = arrival_cv
+    arrival_cv, history = hold_cv_while_falling(obs, history, forecaster, arrival_cv)
+    held_cv = measured_cv if arrival_cv < measured_cv else None
     arrival_cv, history = remember_burstiness(spec, obs, history, arrival_cv)
     predicted = None  # the model's P(wait > target) now, at the Ready slots: what the histogram is checked against
     if service_time is not None and obs.ready_replicas > 0:
@@ -536,6 +563,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         planning_rate=planning_rate,
         horizon_seconds=horizon_s,
         forecast_rate=forecast_rate,
+        ramp_rate=ramp_rate,
         utilization=observed.load / (replicas * slots) if replicas else None,
         p_wait_exceeds={
             n: min(1.0, factor * observed.prob_wait_exceeds(n * slots, max(target, 0.0)))
@@ -547,6 +575,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         capacity=capacity,
         **floors,
         arrival_cv=arrival_cv,
+        held_cv=held_cv,
         dispersion_timescale=timescale,
         wait_correction=factor,
         hindsight_floor=learnt,
@@ -605,8 +634,12 @@ def explain(spec: PoolSpec, obs: Observations, d: Decision) -> str:
     demand = f"arrival {obs.arrival_rate:.3g}/s"
     if d.forecast_rate is not None:
         demand += f", forecast q{spec.forecast_quantile:g} peak {d.forecast_rate:.3g}/s over {d.horizon_seconds:.0f}s"
+        if d.ramp_rate is not None:
+            demand += f" (on a ramp: {d.ramp_rate:.3g}/s by then)"
     if d.dispersion_timescale is not None and d.arrival_cv is not None and d.arrival_cv > 1.0:
         demand += f", arrival CV {d.arrival_cv:.2f} over {d.dispersion_timescale:.0f}s bursts"
+    if d.held_cv is not None:
+        demand += f", arrival CV held at {d.history.sized_cv:.2f} while demand falls (measured {d.held_cv:.2f})"
     if spec.backlog_drain_seconds and obs.waiting:
         demand += f", {obs.waiting:.0f} waiting to drain within {spec.backlog_drain_seconds:g}s"
     if spec.burst_memory_seconds and d.history.cv_peaks:

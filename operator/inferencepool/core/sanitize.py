@@ -12,7 +12,7 @@ real reading trips them:
   each arrival_dispersion entry a window in (0, a day] with an index in [0, 10,000] or unknown;
 - waiting, running, service_samples, preemptions <= 1e12 requests; service_concurrency <= 1e6 per replica;
 - kv_cache_usage in [0, 1.001] (a fraction; the slack is rounding of an average); wait_exceed_share in [0, 1],
-  wait_exceed_requests <= 1e12, wait_window_seconds <= a day;
+  wait_exceed_requests <= 1e12, wait_window_seconds and rate_window_seconds <= a day;
 - metrics_age_seconds >= 0 (unknown freshness, None or NaN, is treated as invalid too).
 
 History comes from the pool's status, which anyone allowed to patch it can edit: entries that are not
@@ -54,6 +54,7 @@ BOUNDS = {
     "wait_exceed_requests": (MAX_COUNT, None),
     "wait_window_seconds": (MAX_SECONDS, None),
     "minute_rate": (MAX_RATE, None),
+    "rate_window_seconds": (MAX_SECONDS, None),
 }
 
 
@@ -113,6 +114,8 @@ def clean_history(history, now: float):
     kept = tuple((t, r) for t, r in history.recommendations if _finite(t) and isinstance(r, int) and r >= 0)
     if kept != tuple(history.recommendations):
         changes["recommendations"] = kept
+    if history.sized_cv is not None and not (_finite(history.sized_cv) and 0 <= history.sized_cv <= MAX_CV):
+        changes["sized_cv"] = None
     tails = (history.tail_observed, history.tail_predicted)
     if not all(_finite(x) and 0 <= x <= MAX_COUNT for x in tails) or not (
             history.tail_time is None or _finite(history.tail_time)):
@@ -131,7 +134,12 @@ def clean_history(history, now: float):
 
 def _forecaster_ok(state, now: float) -> bool:
     numbers = [x for x in astuple(state) if not isinstance(x, tuple) and x is not None]
-    numbers += [*state.profile, *state.profile_seconds]
+    numbers += [*state.profile, *state.profile_seconds, *(r for _, r in state.recent)]
+    times = [t for t, _ in state.recent]
+    if not all(_finite(t) for t in times) or any(b <= a for a, b in zip(times, times[1:])) or any(r < 0 for _, r in state.recent):
+        return False
+    if times and times[-1] > state.time:
+        return False
     if not all(_finite(x) and abs(x) <= MAX_FORECAST_VALUE for x in numbers[1:]) or not _finite(state.time):
         return False
     if state.start is not None and not _finite(state.start):

@@ -347,10 +347,13 @@ class Operator:
                                                                          namespace, name, now)
         obs = replace(obs, slo_window_end=window_end, slo_window_good=window_good)
         rate_window = getattr(pools, "rate_window", None)
+        window_seconds = observe.parse_duration(rate_window) if rate_window else None
         share, requests = observe.wait_tail(metrics, config.policy.slo_metric, config.policy.slo_target_seconds,
-                                            observe.parse_duration(rate_window) if rate_window else None)
+                                            window_seconds)
+        own_rate = metrics is not None and metrics.arrival_source == "vllm"  # a user's query has its own window
         obs = replace(obs, wait_exceed_share=share, wait_exceed_requests=requests,
-                      wait_window_seconds=observe.parse_duration(rate_window) if share is not None else None)
+                      rate_window_seconds=window_seconds if own_rate else None,
+                      wait_window_seconds=window_seconds if share is not None else None)
         history = policy.History.from_dict(pool_status.history_from_status(status))
         decision = policy.decide(config.policy, obs, history)
         decision = self.budgets.clamp(body, config, obs, decision, patch)  # a shared GPUBudget caps it
@@ -504,6 +507,7 @@ class Operator:
             reason=decision.reason,
             planning_rate=decision.planning_rate,
             forecast_rate=decision.forecast_rate,
+            ramp_rate=decision.ramp_rate,
             horizon_seconds=decision.horizon_seconds,
             utilization=decision.utilization,
             p_wait_exceeds={str(n): p for n, p in decision.p_wait_exceeds.items()},
@@ -515,6 +519,7 @@ class Operator:
             last_scale_time=decision.history.last_scale_time,
             arrival_rate=obs.arrival_rate,
             arrival_cv=decision.arrival_cv or obs.arrival_cv,
+            held_cv=decision.held_cv,
             dispersion_timescale=decision.dispersion_timescale,
             wait_correction=decision.wait_correction,
             observed_wait_exceeds=obs.wait_exceed_share,

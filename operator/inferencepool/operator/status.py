@@ -216,6 +216,7 @@ def decision_status(
         "observedTTFTSeconds": rounded(histogram_quantile(policy.slo_percentile, ttft_buckets)) if ttft_buckets else None,
         "planningRate": rounded(decision.planning_rate),
         "forecastRate": rounded(decision.forecast_rate),
+        "rampRate": rounded(decision.ramp_rate),
         "horizonSeconds": rounded(decision.horizon_seconds),
         "coldStartSeconds": rounded(obs.cold_start_seconds),
         "metricsAgeSeconds": rounded(obs.metrics_age_seconds, 3) if decision.metrics_available else None,
@@ -253,7 +254,7 @@ def history_from_status(status: Mapping | None) -> dict | None:
 LIVE_FIELDS = frozenset({
     "arrivalRate", "rejectionRate", "arrivalCV", "serviceTimeSeconds", "serviceCV", "prefillSeconds", "utilization",
     "waitExceedsTarget", "predictedWait", "predictedWaitSeconds", "observedWaitSeconds", "observedTTFTSeconds",
-    "planningRate", "forecastRate", "horizonSeconds", "coldStartSeconds", "metricsAgeSeconds", "scrapeIntervalSeconds",
+    "planningRate", "forecastRate", "rampRate", "horizonSeconds", "coldStartSeconds", "metricsAgeSeconds", "scrapeIntervalSeconds",
     "requiredReplicas", "reason", "history", "slo",
 })
 

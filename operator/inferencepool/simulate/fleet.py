@@ -416,7 +416,7 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
     """What Prometheus shows at `now`, as observe.py reads it: rates and histograms over windows ending `delay`
     ago, the arrival CV from the dispersion of completions per burst window, delayed gauges."""
     seen = now - delay
-    rate = service = prefill = samples = minute_rate = None
+    rate = service = prefill = samples = minute_rate = span = None
     service_cv = arrival_cv = 1.0
     dispersions = []
     if seen > 0:
@@ -466,4 +466,5 @@ def _observe(now, delay, windows, arr, done_t, sum_s, sum_s2, sum_p, gauge_t, ga
         cold_start_seconds=max(measured_cold[-5:]) if measured_cold else None,
         metrics_age_seconds=delay,
         minute_rate=minute_rate,
+        rate_window_seconds=span,
     )
