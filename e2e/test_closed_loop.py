@@ -144,7 +144,7 @@ def test_burst_meets_ready_capacity(cluster, namespace, prometheus, chart_operat
     # (a'') it scaled ahead: summed over the replica counts both pools ordered, the ahead pool ordered them at
     # least 4 decision intervals sooner; its Events say it saw the ramp. Not per count: the first step (2 -> 3,
     # at ~3/s) falls to whichever pool's own measured arrival CV reads higher first (one run: reactive 15 s
-    # sooner, then 12, 3 and 23 s later). On the bed: sums of 23-50 s over 5 runs with the ramp test, -32 s
+    # sooner, then 12, 3 and 23 s later). On the bed: sums of 23-76 s over 6 runs with the ramp test, -32 s
     # without it (Holt alone, whose level trails the ramp).
     leads = report["lead by replica count (s, reactive - ahead)"]
     assert leads and sum(leads.values()) >= 4 * INTERVAL, leads

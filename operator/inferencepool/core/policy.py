@@ -288,14 +288,13 @@ def fit_correction(spec: PoolSpec, obs: Observations, history: History, predicte
                    tail_predicted=history.tail_predicted * decay + predicted_share * new, tail_time=obs.time)
 
 
-def hold_cv_while_falling(obs: Observations, history: History, forecaster: fc.HoltState, cv: float
-                          ) -> tuple[float, History]:
+def hold_cv_while_falling(history: History, below_level: bool, cv: float) -> tuple[float, History]:
     """The arrival CV to size for while demand falls (the rate below Holt's smoothed level): no higher
     than the last decision's. Why: the dispersion windows then hold counts from before and after the fall,
     so their spread is the level change, not burstiness; after a burst ended, the reactive e2e pool read
     CV 4 at 2.3/s and ordered a replica 47 s after the load was back at its baseline. A rising or level
     rate takes the measured CV as it is, so burstier traffic is still followed, a tick or two later."""
-    if history.sized_cv is not None and obs.arrival_rate < fc.point(forecaster, 0.0):
+    if history.sized_cv is not None and below_level:
         cv = min(cv, history.sized_cv)
     return cv, replace(history, sized_cv=cv)
 
@@ -450,6 +449,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         return replace(_hold_for_metrics(replace(spec, min_replicas=floor), obs, history, stale, rate_known), **floors)
 
     forecaster = fc.update(history.forecaster, obs.time, obs.arrival_rate, rate_window=obs.rate_window_seconds)
+    below_level = obs.arrival_rate < fc.point(forecaster, 0.0)  # demand falling: under its smoothed level
     history = feedback(spec, obs, replace(history, forecaster=forecaster, last_service_time=trusted))
     planning_rate, forecast_rate, horizon_s, ramp_rate = obs.arrival_rate, None, None, None
     if spec.prediction:
@@ -478,7 +478,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
         at = dispersion_at(obs.arrival_dispersion, timescale)
         arrival_cv = math.sqrt(at) if at is not None else arrival_cv
     measured_cv = arrival_cv
-    arrival_cv, history = hold_cv_while_falling(obs, history, forecaster, arrival_cv)
+    arrival_cv, history = hold_cv_while_falling(history, below_level, arrival_cv)
     held_cv = measured_cv if arrival_cv < measured_cv else None
     arrival_cv, history = remember_burstiness(spec, obs, history, arrival_cv)
     predicted = None  # the model's P(wait > target) now, at the Ready slots: what the histogram is checked against
@@ -502,7 +502,7 @@ def decide(spec: PoolSpec, obs: Observations, history: History = History()) -> D
     required, saturated = replicas_for(planning_rate)
     if spec.backlog_drain_seconds and _usable(obs.waiting) and obs.waiting > 0:
         required += math.ceil(obs.waiting * service_time / (spec.slots_per_replica * spec.backlog_drain_seconds))
-    falling = planning_rate > observed_rate and required > current and obs.arrival_rate < fc.point(forecaster, 0.0)
+    falling = planning_rate > observed_rate and required > current and below_level
     if falling:
         # Demand is below the smoothed level, i.e. falling: the forecast may hold capacity, not add it
         # (its lagging level and bound would otherwise order replicas just as a burst ends).
