@@ -196,7 +196,7 @@ def test_crd_rejects_bad_manifests_naming_the_field(cluster, crd, namespace):
     cluster.apply(good, namespace=namespace)
     spec = get_pool(cluster, namespace, "good")["spec"]
     assert spec["scaleDown"] == {"stabilizationWindowSeconds": 300, "maxStep": 1}
-    assert spec["prediction"] == {"enabled": True, "horizon": "Measured", "coldStartSeconds": 180, "quantile": 0.9}
+    assert spec["prediction"] == {"enabled": True, "horizon": "Measured", "coldStartSeconds": 180, "quantile": 0.9, "ramp": True}
     assert spec["engine"]["port"] == 8000 and spec["cost"]["gpuHourPrice"] == "0"
     cluster.kubectl("-n", namespace, "delete", "ipool", "good")
 
