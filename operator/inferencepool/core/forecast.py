@@ -5,9 +5,10 @@ profile once a full day has been seen, plus a ramp test over the last two rate w
 trend gain is kept small (a stiff trend chases noise on the traces it was tuned on), so its trend learns
 over hours and a ramp of a minute or two is followed by the level alone, behind it; the rates of two
 windows that share no arrival are two independent counts, so the noise of their difference is known from
-the rate (Poisson, times the measured index of dispersion) and a rise well beyond it is a ramp. Why an upper quantile: a replica ordered now is Ready only after a
-cold start, so we size for the demand we might see by then, not the mean. The state is a few dozen numbers,
-JSON-ready via dataclasses.asdict, so it lives in the pool's status and a restarted operator resumes.
+the rate (Poisson, times the measured index of dispersion) and a rise well beyond it is a ramp. Why an
+upper quantile: a replica ordered now is Ready only after a cold start, so we size for the demand we might
+see by then, not the mean. The state is a few dozen numbers, JSON-ready via dataclasses.asdict, so it
+lives in the pool's status and a restarted operator resumes.
 """
 
 from __future__ import annotations
@@ -105,9 +106,10 @@ def _keep_recent(recent: tuple, time: float, rate: float, window: float | None) 
     """The recent rates plus this one, back to the newest that is RAMP_SPAN windows older (the ramp's baseline)."""
     if window is None:
         return ()
-    spacing = RAMP_SPAN * window / (RAMP_POINTS / 2)  # a fast reconcile keeps one point per spacing, and the newest
-    points = (*recent[:-1], (time, rate)) if len(recent) >= 2 and time - recent[-2][0] < spacing else (*recent, (time, rate))
-    points = points[-RAMP_POINTS:]
+    points = list(recent)
+    if len(points) >= 2 and time - points[-2][0] < RAMP_SPAN * window / (RAMP_POINTS / 2):
+        points.pop()  # a fast reconcile: the newest point replaces one too close to its predecessor
+    points = (*points, (time, rate))[-RAMP_POINTS:]
     older = [i for i, (t, _) in enumerate(points) if t <= time - RAMP_SPAN * window]
     return points[older[-1]:] if older else points
 
