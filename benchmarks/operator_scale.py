@@ -1,7 +1,7 @@
 """One operator, N pools, on the test bed (issue 14): is every pool decided every interval, and at what cost?
 
 Needs a running bed (`e2e/cluster/bed.py up`, honouring IPOOL_BED_DIR / IPOOL_BED_PORT_BASE). It adds
-ceil(N/8) fake 8-GPU nodes (KWOK) so each pool's one pod runs, serves vLLM-shaped series for every pool
+ceil(N/8) fake 8-GPU nodes (KWOK) so each pool of the operator under test runs its pod, serves vLLM-shaped series for every pool
 from one exporter (the series the operator's queries read; labels pool and namespace, honoured by a
 real Prometheus scraping every 15 s), creates N pools, measures a baseline window of the apiserver
 without the operator, starts `python -m inferencepool.operator.run` and, after every pool's first
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     target = exporter.serve()
     prom = bed_module.Prometheus([{"job_name": "vllm", "honor_labels": True, "static_configs": [{"targets": [target]}]}],
                                  work / "prometheus", scrape_interval="15s").start()
-    nodes = node_manifests(bed_module, math.ceil((args.pools + 1) / GPUS_PER_NODE))
+    nodes = node_manifests(bed_module, math.ceil((len(mine) + 1) / GPUS_PER_NODE))  # other shards' pods never run here
     op = None
     result: dict = {"pools": args.pools, "shards": args.shards, "pools_of_this_operator": len(mine),
                     "interval": args.interval, "minutes": args.minutes, "load_at_start": os.getloadavg()}

@@ -392,3 +392,47 @@ def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_the_watch(clust
     assert op.decisions("workload restored")[-1]["deleted"] is True
     assert event_seen(cluster, namespace, name, lambda e: e["reason"] == "DeploymentRestored")
     assert len(op.decisions()) == 1  # no decision did any of it
+
+
+def test_a_shards_operator_is_sent_only_its_shards_pools(cluster, namespace, operator, prometheus):
+    """Issue 14: `--selector` goes to the apiserver with the watch (Kopf's label_selectors), so another
+    shard's pool never reaches this operator (no finalizer, no Deployment, no status). A pool relabelled
+    into the shard arrives as an ADDED event and is decided; one relabelled out arrives as DELETED: it
+    leaves the round and keeps its Deployment (the other shard's operator takes it from there)."""
+    shard = "autoscaling.inferencepool.dev/shard"
+    prom = prometheus(scrape_configs=[])
+    op = operator(prom.url, extra_args=("--selector", f"{shard}=0"))
+
+    def labelled(name, value):
+        manifest = pool_manifest(name, minReplicas=2)
+        manifest["metadata"]["labels"] = {shard: value}
+        return manifest
+
+    def decided(name):
+        return [d for d in op.decisions() if d.get("pool") == name]
+
+    def relabel(name, value):
+        cluster.kubectl("-n", namespace, "label", "ipool", name, f"{shard}={value}", "--overwrite")
+
+    cluster.apply(labelled("mine", "0"), namespace=namespace)
+    cluster.apply(labelled("theirs", "1"), namespace=namespace)
+    cluster.wait_until(lambda: len(decided("mine")) >= 3, timeout=60, desc="the shard's pool decided every interval")
+    theirs = get_pool(cluster, namespace, "theirs")
+    assert "status" not in theirs and not theirs["metadata"].get("finalizers") and replicas(cluster, namespace, "theirs") is None
+    assert not decided("theirs")
+
+    relabel("theirs", "0")
+    cluster.wait_until(lambda: get_pool(cluster, namespace, "theirs").get("status", {}).get("desiredReplicas") == 2,
+                       timeout=60, desc="a pool relabelled into the shard decided")
+    assert replicas(cluster, namespace, "theirs") == 2
+
+    relabel("mine", "1")
+    time.sleep(2 * INTERVAL)  # a round already running may still decide it
+    before = len(decided("mine"))
+    time.sleep(4 * INTERVAL)
+    assert len(decided("mine")) == before, "a pool relabelled out of the shard is still decided"
+    assert len(decided("theirs")) > 2 and op.running()
+    assert [e["pool"] for e in op.decisions("pool left this operator's selector")] == ["mine"]
+    assert replicas(cluster, namespace, "mine") == 2  # left as it was, for the other shard's operator
+    relabel("mine", "0")  # back, so that the fixture's cleanup (this operator) removes its finalizer
+    cluster.wait_until(lambda: len(decided("mine")) > before, timeout=60, desc="the pool back in the shard decided")

@@ -177,3 +177,42 @@ def test_the_allocator_gets_two_arenas_and_a_fixed_mmap_threshold_unless_the_env
     assert libc.calls == [(rounds.M_MMAP_THRESHOLD, 128 * 1024)]  # the environment wins
     monkeypatch.setattr(rounds, "_libc", None)
     assert rounds.tune_allocator() is False
+
+
+def test_a_pool_that_leaves_the_selector_leaves_the_round_and_an_older_daemon_never_evicts_a_newer():
+    """A pool relabelled out of a server-side selector gets no deletion Kopf would stop its daemon for
+    (handlers.left_the_selector evicts it); a daemon ending late must not take out the one that joined after."""
+    import asyncio
+
+    class Flag:  # Kopf's DaemonStoppingFlag, as far as member() uses it
+        def __init__(self):
+            self.event = asyncio.Event()
+
+        async def wait(self):
+            await self.event.wait()
+
+    async def scenario():
+        operator = FakeOperator()
+        r = rounds.Rounds(operator, interval=0.02)
+        key = ("ns", "moved")
+        old = asyncio.ensure_future(r.member(body("moved"), Flag(), pool_pods="the index"))
+        await asyncio.sleep(0.05)
+        assert key in r._members  # noqa: SLF001
+        assert r.evict(key) is True
+        await asyncio.wait_for(old, WAIT)
+        assert key not in r._members and r.evict(key) is False  # noqa: SLF001
+
+        first, second = Flag(), Flag()
+        older = asyncio.ensure_future(r.member(body("moved"), first, pool_pods="the index"))
+        await asyncio.sleep(0.05)
+        newer = asyncio.ensure_future(r.member(body("moved"), second, pool_pods="the index"))  # back, a new daemon
+        await asyncio.sleep(0.05)
+        first.event.set()
+        await asyncio.wait_for(older, WAIT)
+        assert key in r._members  # noqa: SLF001 - the newer daemon's membership stands
+        assert r.evict(key) is True  # and eviction reaches the newer daemon
+        await asyncio.wait_for(newer, WAIT)
+        assert key not in r._members  # noqa: SLF001
+        r.stop()
+
+    asyncio.run(scenario())

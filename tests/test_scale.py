@@ -13,7 +13,7 @@ import kopf
 import pytest
 
 from inferencepool.core import policy
-from inferencepool.operator import handlers, observe, run, status as pool_status
+from inferencepool.operator import budget, handlers, observe, run, status as pool_status, workload
 from test_handlers import Pool, erlang_c_replicas, events, metrics, world  # noqa: F401
 
 
@@ -354,5 +354,31 @@ def test_without_watch_permissions_no_index_is_registered():
     registry = kopf.OperatorRegistry()
     operator = handlers.Operator(handlers.OperatorConfig(), None, None, None, running=object())
     handlers.register(registry, operator, 15, watch=False)
-    assert registry._indexing.get_all_handlers() == [] and registry._watching.get_all_handlers() == []  # noqa: SLF001
+    assert registry._indexing.get_all_handlers() == []  # noqa: SLF001
+    watching = registry._watching.get_all_handlers()  # noqa: SLF001 - none on Deployments or pods
+    assert [(h.id, h.selector.any_name) for h in watching] == [("left-the-selector", handlers.RESOURCE[2])]
     assert [h.id for h in registry._spawning.get_all_handlers()] == ["autoscale"]  # noqa: SLF001
+
+
+def test_the_apiserver_filters_the_watches_by_the_selector_and_the_pool_label():
+    """Kopf's label filters run client-side, after it has parsed and remembered every object it watches;
+    these selectors go into the watch requests, so a shard never receives another shard's pools, nor the
+    operator the cluster's unrelated pods (the keys resolved as Kopf resolves them for its watches)."""
+    from kopf._cogs.structs.references import Resource  # noqa: PLC0415  (what Kopf's watcher looks up)
+
+    def streams(argv):
+        args = run.configure_parser(argparse.ArgumentParser()).parse_args(argv)
+        settings = kopf.OperatorSettings()
+        for resource, labels in run.watch_selectors(args.selector).items():
+            settings.watching.label_selectors[resource] = labels
+        kinds = {"pools": Resource(*handlers.RESOURCE), "budgets": Resource(*budget.RESOURCE),
+                 "deployments": Resource("apps", "v1", "deployments"), "pods": Resource("", "v1", "pods"),
+                 "peerings": Resource("kopf.dev", "v1", "kopfpeerings"), "events": Resource("", "v1", "events")}
+        return {kind: ",".join(settings.watching.label_selectors.collect(r)) for kind, r in kinds.items()}
+
+    shard = streams(["--selector", "autoscaling.inferencepool.dev/shard=2,!paused,team"])
+    assert shard["pools"] == shard["budgets"] == "autoscaling.inferencepool.dev/shard=2,!paused,team"
+    assert shard["deployments"] == shard["pods"] == workload.POOL_LABEL == "autoscaling.inferencepool.dev/pool"
+    assert shard["peerings"] == shard["events"] == ""
+    everything = streams([])
+    assert everything["pools"] == everything["budgets"] == "" and everything["pods"] == workload.POOL_LABEL

@@ -554,6 +554,17 @@ def register(registry: kopf.OperatorRegistry, operator: Operator, interval: floa
     kopf.daemon(*RESOURCE, id="autoscale", initial_delay=initial_delay, cancellation_timeout=1.0,
                 **retry)(operator.rounds.member)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry, **pools)(operator.forget)
+
+    async def left_the_selector(event, body, **kwargs):
+        """A DELETED event with no deletion under way: the pool was relabelled out of this operator's
+        server-side selector (run.watch_selectors); another shard's operator has it now."""
+        if event["type"] == "DELETED" and not body.metadata.get("deletionTimestamp"):
+            if operator.rounds.evict((body.metadata.namespace, body.metadata.name)):
+                log.info("pool left this operator's selector", namespace=body.metadata.namespace,
+                         pool=body.metadata.name)
+                operator.forget(body)
+
+    kopf.on.event(*RESOURCE, id="left-the-selector", registry=registry)(left_the_selector)
     if not watch:  # no list/watch granted on Deployments and pods (an older chart's RBAC): read them per tick
         return
     # the pools' Deployments and pods, from watches (by the pool label every one carries)

@@ -17,6 +17,7 @@ is decided at once, not at the next round (after `initial_delay` with peering: s
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextvars
 import ctypes
@@ -78,6 +79,7 @@ class Rounds:
         self.workers = workers
         self._failures = logs.QuietWarnings(quiet, warn=warn)  # HandlerFailed Events, as Kopf posted them
         self._members: dict[tuple[str, str], kopf.Body] = {}
+        self._evictions: dict[tuple[str, str], asyncio.Event] = {}  # by the member daemon running now
         self._busy: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -93,13 +95,29 @@ class Rounds:
     # ------------------------------------------------------------ membership (from Kopf's daemons)
 
     async def member(self, body, stopped, **kwargs) -> None:
-        """Kopf daemon of one pool: in the round from now until Kopf stops it (deleted, paused, exiting)."""
+        """Kopf daemon of one pool: in the round from now until Kopf stops it (deleted, paused, exiting) or
+        the pool leaves the operator's selector (`evict`)."""
         key = (body.metadata.namespace, body.metadata.name)
+        evicted = self._evictions[key] = asyncio.Event()
         self.join(key, body, kwargs)
+        waits = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(evicted.wait())]
         try:
-            await stopped.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self.leave(key)
+            for wait in waits:
+                wait.cancel()
+            if self._evictions.get(key) is evicted:
+                del self._evictions[key]
+            self.leave(key, body)
+
+    def evict(self, key: tuple[str, str]) -> bool:
+        """End the pool's daemon: it left the selector. The apiserver's filtered watch then sends DELETED
+        (with the object as it last matched) and no more events; Kopf forgets the pool but, seeing no
+        deletion under way, leaves its daemon running, which would decide it for ever. In Kopf's loop."""
+        evicted = self._evictions.pop(key, None)
+        if evicted is not None:
+            evicted.set()
+        return evicted is not None
 
     def join(self, key: tuple[str, str], body, kwargs: Mapping) -> None:
         with self._lock:
@@ -112,9 +130,11 @@ class Rounds:
                 self._thread.start()
         self._submit(key)  # a new pool is decided at once
 
-    def leave(self, key: tuple[str, str]) -> None:
+    def leave(self, key: tuple[str, str], body=None) -> None:
+        """Out of the round; with `body`, only if no newer daemon of the pool has joined since."""
         with self._lock:
-            self._members.pop(key, None)
+            if body is None or self._members.get(key) is body:
+                self._members.pop(key, None)
 
     def kick(self, key: tuple[str, str]) -> None:
         """Decide a member now, without waiting for the round (its Deployment just appeared)."""

@@ -159,12 +159,32 @@ def build(args: argparse.Namespace, watch: bool = True):
     settings.posting.level = logging.INFO
     settings.execution.max_workers = HANDLER_THREADS  # many new pools at start: their Deployments in parallel
     settings.networking.error_backoffs = ApiBackoffs()
+    for resource, labels in watch_selectors(selector).items():
+        settings.watching.label_selectors[resource] = labels
     settings.peering.standalone = not args.peering
     if args.peering:
         settings.peering.name = args.peering
         settings.peering.priority = peering_priority(args.priority)
         settings.peering.mandatory = True  # no peering object: fail, rather than act beside the other replicas
     return registry, settings, operator, metrics
+
+
+def watch_selectors(selector: dict | None) -> dict[tuple, str]:
+    """Server-side label selectors for Kopf's watch streams, by resource. The handlers' `labels=` filters
+    run in the operator, after Kopf has parsed every object and kept a memory of it: a shard's operator
+    would hold every shard's pools, and the Deployment and pod watches every pod of the cluster (issue 14).
+    The apiserver filters these instead: the pools and budgets by `--selector`, the workloads by the pool
+    label each one carries."""
+    import kopf
+
+    from inferencepool.operator import budget, handlers, workload
+
+    terms = ",".join(f"!{key}" if value is kopf.ABSENT else key if value is kopf.PRESENT else f"{key}={value}"
+                     for key, value in (selector or {}).items())
+    selectors = {("apps", "v1", "deployments"): workload.POOL_LABEL, ("v1", "pods"): workload.POOL_LABEL}
+    if terms:
+        selectors.update({handlers.RESOURCE: terms, budget.RESOURCE: terms})
+    return selectors
 
 
 HANDLER_THREADS = 16  # Kopf's threads for create/update/resume (its default is 6); the rounds have their own 8
