@@ -89,7 +89,7 @@ class FakeReader:
         self.values: dict[str, tuple] = {}
         self.forgotten: list[tuple[str, str]] = []
 
-    def read(self, url=None, matchers=""):
+    def read(self, url=None, matchers="", pool=None):
         if isinstance(self.pools, Exception):
             raise self.pools
         return self.pools

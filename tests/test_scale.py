@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import threading
 import time
 
@@ -340,9 +341,12 @@ def test_every_pool_joins_the_round_and_the_selector_filters_every_pool_handler(
     assert type(member).__name__ == "DaemonHandler" and member.initial_delay is None  # a new pool: decided at once
     assert {h.id for h in pools} == {"autoscale", "create-workload", "resume-workload", "update-workload/spec", "forget"}
     assert all(h.labels == {"autoscaling.inferencepool.dev/shard": "2", "paused": kopf.ABSENT} for h in pools)
-    indexes = {h.id for h in registry._indexing.get_all_handlers()}  # noqa: SLF001
-    assert indexes == {handlers.DEPLOYMENT_INDEX, handlers.POD_INDEX}
-    assert registered(parser.parse_args([]).selector)._spawning.get_all_handlers()[0].labels is None  # noqa: SLF001
+    indexes = {h.id: h for h in registry._indexing.get_all_handlers()}  # noqa: SLF001
+    assert set(indexes) == {handlers.DEPLOYMENT_INDEX, handlers.POD_INDEX, handlers.SHARD_INDEX}
+    assert indexes[handlers.SHARD_INDEX].labels == pools[0].labels  # the shard's pools, for its Prometheus scope
+    everything = registered(parser.parse_args([]).selector)
+    assert everything._spawning.get_all_handlers()[0].labels is None  # noqa: SLF001
+    assert handlers.SHARD_INDEX not in {h.id for h in everything._indexing.get_all_handlers()}  # noqa: SLF001
     for bad in ("shard in (1,2)", "shard!=1", "=1", "a="):
         with pytest.raises(argparse.ArgumentTypeError, match="--selector"):
             run._selector(bad)  # noqa: SLF001
@@ -382,3 +386,49 @@ def test_the_apiserver_filters_the_watches_by_the_selector_and_the_pool_label():
     assert shard["peerings"] == shard["events"] == ""
     everything = streams([])
     assert everything["pools"] == everything["budgets"] == "" and everything["pods"] == workload.POOL_LABEL
+
+
+class RecordingClient:
+    """Answers every query with one series per pool it names (the scope's alternation, or `everyone`)."""
+
+    def __init__(self, everyone):
+        self.everyone, self.asked = everyone, []
+
+    def custom_query(self, query):
+        self.asked.append(query)
+        names = re.findall(r'pool=~"([^"]*)"', query)
+        pools = names[0].split("|") if names else self.everyone
+        now = time.time()
+        if query.startswith("min("):
+            return []
+        return [{"metric": {"namespace": "serving", "pool": p.replace("\\\\.", ".")}, "value": [now, "2.0"]}
+                for p in pools]
+
+
+def test_a_shards_read_asks_for_its_own_pools_and_a_pool_that_joins_is_read_at_the_next_refresh():
+    """With a scope (a shard's operator), every pool-labelled query names the scope's pools, so Prometheus
+    returns only their series (the count of unlabelled series is not scoped); an answer read before a pool
+    joined serves without it while a refresh that covers it starts at once."""
+    client, scope, now = RecordingClient(["a", "b", "c", "z"]), [("serving", "a"), ("serving", "b.1")], [0.0]
+    reader = observe.PrometheusReader("http://prom", ttl=60, connect=lambda url: client, clock=lambda: now[0],
+                                      wait=None, first_wait=5.0, scope=lambda: list(scope))
+    pools = reader.read(pool=("serving", "a"))
+    assert set(pools) == {("serving", "a"), ("serving", "b.1")} and pools.scope == frozenset(scope)
+    scoped = [q for q in client.asked if "pool=~" in q]
+    assert len(scoped) == len(client.asked) - 1 and len(scoped) >= 30  # all but the unlabelled count
+    assert all('pool=~"a|b\\\\.1"' in q for q in scoped)  # the dot escaped for the regex
+    (unlabelled,) = [q for q in client.asked if "pool=~" not in q]
+    assert 'pool=""' in unlabelled
+    fetches = len(client.asked)
+
+    assert reader.read(pool=("serving", "a")) is pools and len(client.asked) == fetches  # covered: the cache
+    scope.append(("serving", "c"))
+    first = reader.read(pool=("serving", "c"))  # not covered: a refresh (this reader waits for it: wait=None)
+    assert ("serving", "c") in first and len(client.asked) == 2 * fetches
+    assert ("serving", "z") not in first  # never in the scope, never read
+
+    everyone = observe.PrometheusReader("http://prom", connect=lambda url: RecordingClient(["a", "z"]), wait=None)
+    assert set(everyone.read(pool=("serving", "a"))) == {("serving", "a"), ("serving", "z")}  # no scope: all pools
+    nobody = observe.PrometheusReader("http://prom", connect=lambda url: client, wait=None, scope=lambda: [])
+    asked = len(client.asked)
+    assert nobody.read() == {} and len(client.asked) == asked  # no pool yet: no query

@@ -30,6 +30,7 @@ FIELD_MANAGER = "inferencepool"  # owns the Deployment and Service templates (se
 SCALER_MANAGER = "inferencepool-autoscaler"  # owns spec.replicas alone
 RESOURCE = (pool_spec.GROUP, pool_spec.VERSION, pool_spec.PLURAL)
 DEPLOYMENT_INDEX, POD_INDEX = "pool_deployments", "pool_pods"  # Kopf index ids, also their kwarg names
+SHARD_INDEX = "shard_pools"  # with --selector: the pools of this shard, for the Prometheus read's scope
 STATUS_REFRESH_INTERVALS = 4  # live figures in status are at most this many intervals old
 log = logs.get("inferencepool.operator")
 
@@ -222,6 +223,23 @@ class Operator:
         """Kopf passes its indexes to every handler: give them to Kube, so its reads are memory reads."""
         if DEPLOYMENT_INDEX in kwargs and hasattr(self.kube, "indexes"):
             self.kube.indexes = (kwargs[DEPLOYMENT_INDEX], kwargs[POD_INDEX])
+        if SHARD_INDEX in kwargs:
+            self._shard_index = kwargs[SHARD_INDEX]
+
+    def shard_pools(self) -> list[tuple[str, str]]:
+        """The pools a shard's operator reads from Prometheus: its selector's, from Kopf's index (complete
+        before the first decision: Kopf lists every indexed resource before it runs a handler), and those in
+        the round. Without it, a shard's every read asked for every shard's pools: at 10,000 pools in 10
+        shards, 34 queries of 10,000 series each, 377 s on the bed's Prometheus against a 30 s budget."""
+        index = getattr(self, "_shard_index", None)
+        known: list = []
+        for _ in range(3):  # Kopf's loop may change the index while this thread reads it
+            try:
+                known = list(index.get("member", ())) if index is not None else []
+                break
+            except RuntimeError:
+                continue
+        return known + (self.rounds.members() if getattr(self, "rounds", None) is not None else [])
 
     # ------------------------------------------------------------ helpers
 
@@ -327,7 +345,7 @@ class Operator:
         prometheus_error = missing = arrival_problem = window_note = None
         pools = None
         try:
-            pools = self.reader.read(config.prometheus_url, config.matchers)
+            pools = self.reader.read(config.prometheus_url, config.matchers, pool=(namespace, name))
             window_note = getattr(pools, "window_note", None)
             metrics = observe.find(pools, namespace, name)
             if live_replicas == 0 and config.arrival_query:  # scale from zero: no vLLM runs, upstream sees demand
@@ -550,7 +568,12 @@ def register(registry: kopf.OperatorRegistry, operator: Operator, interval: floa
     kopf.on.create(*RESOURCE, id="create-workload", **retry)(operator.ensure)
     kopf.on.resume(*RESOURCE, id="resume-workload", **retry)(operator.ensure)
     kopf.on.update(*RESOURCE, id="update-workload", field="spec", **retry)(operator.ensure)
-    operator.rounds = rounds.Rounds(operator, interval, (DEPLOYMENT_INDEX, POD_INDEX))
+    operator.rounds = rounds.Rounds(operator, interval, (DEPLOYMENT_INDEX, POD_INDEX, SHARD_INDEX))
+    if labels:
+        async def shard_pool(body, **_):
+            return {"member": (body.metadata.namespace, body.metadata.name)}
+
+        kopf.index(*RESOURCE, id=SHARD_INDEX, registry=registry, **pools)(shard_pool)
     kopf.daemon(*RESOURCE, id="autoscale", initial_delay=initial_delay, cancellation_timeout=1.0,
                 **retry)(operator.rounds.member)
     kopf.on.delete(*RESOURCE, id="forget", optional=True, registry=registry, **pools)(operator.forget)

@@ -162,12 +162,21 @@ def _selector(settings: QuerySettings, matchers: str) -> str:
     return "{" + ", ".join(m for m in (f'{settings.pool_label}!=""', extra) if m) + "}"
 
 
-def queries(settings: QuerySettings, matchers: str = "") -> dict[str, str]:
-    """The PromQL for every signal, for all pools at once (pool-specific matchers go in `matchers`)."""
+def scope_matcher(settings: QuerySettings, pools: Iterable[PoolKey]) -> str:
+    """A matcher for these pools' series only: their names as one alternation, which Prometheus looks up
+    as a set of exact values in its index. By name alone, so that series without a namespace label (found
+    by name in any namespace) still match; another namespace's pool of the same name only costs its rows."""
+    names = sorted({name.replace(".", "\\\\.") for _, name in pools})
+    return f'{settings.pool_label}=~"{"|".join(names)}"'
+
+
+def queries(settings: QuerySettings, matchers: str = "", scope: str = "") -> dict[str, str]:
+    """The PromQL for every signal, for all pools at once (pool-specific matchers go in `matchers`; `scope`,
+    a shard's operator's own pools: scope_matcher, leaves the count of unlabelled series alone)."""
     s = settings
     by = f"{s.namespace_label}, {s.pool_label}"
     extra = matchers.strip().strip(",")
-    sel = _selector(s, matchers)
+    sel = _selector(s, ", ".join(m for m in (extra, scope) if m))
     w = s.rate_window
 
     def over(function: str, metric: str, window: str = w, extra_by: str = "") -> str:
@@ -374,6 +383,7 @@ class Pools(dict):
     rate_window: str | None = None  # the windows used (raised to >= MIN_SCRAPES scrapes if needed)
     burst_window: str | None = None
     window_note: str | None = None  # set when the configured windows were too short
+    scope: frozenset | None = None  # the pools asked for (a shard's, PrometheusReader's scope); None: all
 
 
 @dataclass(frozen=True)
@@ -793,6 +803,7 @@ class PrometheusReader:
         on_error: Callable[[str, Exception], None] | None = None,
         wait: float | None = None,
         first_wait: float | None = None,
+        scope: Callable[[], Iterable[PoolKey]] | None = None,
     ):
         self.default_url = default_url
         self.settings = settings
@@ -801,16 +812,23 @@ class PrometheusReader:
         self._clock = clock
         self._on_error = on_error
         self.wait, self.first_wait = wait, first_wait
+        self.scope = scope  # the pools this operator decides now (a shard's); None: every pool in Prometheus
         self._lock = threading.Lock()
         self._refreshing: dict[tuple, tuple[float, threading.Event]] = {}  # key -> (started, done)
         self._cache: dict[tuple, tuple[float, object]] = {}  # key -> (end of its fetch, answer or error)
         self._clients: dict[str, object] = {}
         self._curves: dict[tuple, tuple[float, deque]] = {}  # (url, matchers, pool) -> (last added, pairs)
 
-    def read(self, url: str | None = None, matchers: str = "") -> Pools:
-        """All pools' metrics from that Prometheus; raises PrometheusUnavailable."""
+    def read(self, url: str | None = None, matchers: str = "", pool: PoolKey | None = None) -> Pools:
+        """All pools' metrics from that Prometheus (with a scope, the scope's); raises PrometheusUnavailable.
+        With `pool`, an answer read before the pool joined the scope starts a refresh (and serves meanwhile,
+        without the pool: a pool that just joined is new, or has just been relabelled into this shard)."""
         key = (url or self.default_url, matchers.strip())
-        return self._cached(("pools", *key), lambda: self._fetch(*key))
+
+        def covers(answer) -> bool:
+            return pool is None or getattr(answer, "scope", None) is None or pool in answer.scope
+
+        return self._cached(("pools", *key), lambda: self._fetch(*key), covers=covers)
 
     def value(self, url: str | None, promql: str) -> tuple[float | None, str | None]:
         """One pool's own query (spec.metrics.arrivalRateQuery): (value, None) or (None, why there is none)."""
@@ -851,11 +869,12 @@ class PrometheusReader:
         cached = self._cache.get(("pools", url or self.default_url, matchers.strip()))
         return None if cached is None else self._clock() - cached[0]
 
-    def _cached(self, key: tuple, fetch: Callable[[], object], keep_answers: bool = False):
+    def _cached(self, key: tuple, fetch: Callable[[], object], keep_answers: bool = False,
+                covers: Callable[[object], bool] = lambda answer: True):
         with self._lock:
             cached = self._cache.get(key)
-            expired = cached is None or (self._clock() - cached[0] >= self.ttl
-                                         and not (keep_answers and not isinstance(cached[1], Exception)))
+            expired = cached is None or not covers(cached[1]) or (  # read before the pool was in the scope
+                self._clock() - cached[0] >= self.ttl and not (keep_answers and not isinstance(cached[1], Exception)))
             started, done = self._refreshing.get(key, (None, None))
             starter = expired and done is None
             if starter:
@@ -924,14 +943,23 @@ class PrometheusReader:
                     self._on_error(name, error)
                 raise PrometheusUnavailable(f"Prometheus at {url} failed on {name}: {error}") from error
 
+        scope = frozenset(self.scope()) if self.scope is not None else None
+        if scope is not None and not scope:
+            answer = Pools()
+            answer.scope = scope
+            return answer
+        only = scope_matcher(self.settings, scope) if scope else ""
         try:
-            spacing = min(parse_vector(ask("scrape_spacing", spacing_query(self.settings, matchers)), self.settings).values(),
-                          default=None)
+            spacing_matchers = ", ".join(m for m in (matchers.strip().strip(","), only) if m)
+            spacing = min(parse_vector(ask("scrape_spacing", spacing_query(self.settings, spacing_matchers)),
+                                       self.settings).values(), default=None)
             settings, interval, note = windows_for(self.settings, spacing)
-            digests = {name: digest(name, ask(name, promql), settings) for name, promql in queries(settings, matchers).items()}
+            digests = {name: digest(name, ask(name, promql), settings)
+                       for name, promql in queries(settings, matchers, only).items()}
         except PrometheusUnavailable as error:
             return error
         pools = self._with_curve_points(url, matchers, pool_metrics_of(digests, settings))
+        pools.scope = scope
         pools.scrape_interval, pools.window_note = interval, note
         pools.rate_window, pools.burst_window = settings.rate_window, settings.burst_window
         return pools

@@ -136,6 +136,10 @@ class Rounds:
             if body is None or self._members.get(key) is body:
                 self._members.pop(key, None)
 
+    def members(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._members)
+
     def kick(self, key: tuple[str, str]) -> None:
         """Decide a member now, without waiting for the round (its Deployment just appeared)."""
         self._submit(key)

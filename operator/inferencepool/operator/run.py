@@ -144,6 +144,8 @@ def build(args: argparse.Namespace, watch: bool = True):
     )
     budgets = budget.BudgetBook()
     operator = handlers.Operator(config, reader, handlers.Kube(_api_client()), metrics, budgets=budgets)
+    if getattr(args, "selector", None):
+        reader.scope = operator.shard_pools  # a shard reads its own pools' series, not every shard's
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
     selector = getattr(args, "selector", None)
