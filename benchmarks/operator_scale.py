@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="length of the measured window")
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--shards", type=int, default=1, help="label the pools over N shards, run the operator of shard 0")
+    parser.add_argument("--series", choices=("all", "mine"), default="all",
+                        help="serve every pool's vLLM series, or only the operator under test's (with shards: the "
+                             "other shards' series cost Prometheus, not this operator, whose read names its pools)")
     parser.add_argument("--baseline", type=float, default=30.0, help="seconds of apiserver traffic without the operator")
     parser.add_argument("--keep-log", help="copy the operator's log here")
     parser.add_argument("--start-timeout", type=float, default=1200.0,
@@ -227,13 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     shard_of = {n: str(i % args.shards) for i, n in enumerate(names)} if args.shards > 1 else {}
     mine = [n for n in names if shard_of.get(n, "0") == "0"]  # what the operator under test manages
     work = Path(tempfile.mkdtemp(prefix="ipool-scale-"))
-    exporter = ManyPools(namespace, {n: 0.5 + 0.25 * (i % 5) for i, n in enumerate(names + ["late"])})
+    served = names if args.series == "all" else mine  # whose vLLM series Prometheus holds
+    exporter = ManyPools(namespace, {n: 0.5 + 0.25 * (i % 5) for i, n in enumerate(served + ["late"])})
     target = exporter.serve()
     prom = bed_module.Prometheus([{"job_name": "vllm", "honor_labels": True, "static_configs": [{"targets": [target]}]}],
                                  work / "prometheus", scrape_interval="15s").start()
     nodes = node_manifests(bed_module, math.ceil((len(mine) + 1) / GPUS_PER_NODE))  # other shards' pods never run here
     op = None
-    result: dict = {"pools": args.pools, "shards": args.shards, "pools_of_this_operator": len(mine),
+    result: dict = {"pools": args.pools, "shards": args.shards, "pools_of_this_operator": len(mine), "series": args.series,
                     "interval": args.interval, "minutes": args.minutes, "load_at_start": os.getloadavg()}
     try:
         bed.kubectl("apply", "-f", str(CRD))

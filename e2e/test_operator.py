@@ -394,14 +394,21 @@ def test_a_deployment_scaled_or_deleted_by_hand_is_put_back_from_the_watch(clust
     assert len(op.decisions()) == 1  # no decision did any of it
 
 
-def test_a_shards_operator_is_sent_only_its_shards_pools(cluster, namespace, operator, prometheus):
+def test_a_shards_operator_is_sent_only_its_shards_pools(cluster, namespace, operator, prometheus, exporters):
     """Issue 14: `--selector` goes to the apiserver with the watch (Kopf's label_selectors), so another
-    shard's pool never reaches this operator (no finalizer, no Deployment, no status). A pool relabelled
-    into the shard arrives as an ADDED event and is decided; one relabelled out arrives as DELETED: it
-    leaves the round and keeps its Deployment (the other shard's operator takes it from there)."""
+    shard's pool never reaches this operator (no finalizer, no Deployment, no status), and its Prometheus
+    read names its own pools (observe.scope_matcher, here on a real Prometheus). A pool relabelled into
+    the shard arrives as an ADDED event and is decided on its own series; one relabelled out arrives as
+    DELETED: it leaves the round and keeps its Deployment (the other shard's operator takes it from there)."""
     shard = "autoscaling.inferencepool.dev/shard"
-    prom = prometheus(scrape_configs=[])
+    rates = {"mine": 2.0, "theirs": 3.0}
+    prom = prometheus(scrape_configs=[scrape_config(name, namespace, exporters(rate, 1.0)) for name, rate in rates.items()])
+    for name in rates:
+        wait_for_full_window(prom, name)
     op = operator(prom.url, extra_args=("--selector", f"{shard}=0"))
+
+    def arrival(name):
+        return get_pool(cluster, namespace, name).get("status", {}).get("arrivalRate")
 
     def labelled(name, value):
         manifest = pool_manifest(name, minReplicas=2)
@@ -417,6 +424,8 @@ def test_a_shards_operator_is_sent_only_its_shards_pools(cluster, namespace, ope
     cluster.apply(labelled("mine", "0"), namespace=namespace)
     cluster.apply(labelled("theirs", "1"), namespace=namespace)
     cluster.wait_until(lambda: len(decided("mine")) >= 3, timeout=60, desc="the shard's pool decided every interval")
+    cluster.wait_until(lambda: arrival("mine") is not None, timeout=60, desc="the shard's pool read from Prometheus")
+    assert arrival("mine") == pytest.approx(rates["mine"], rel=0.15)
     theirs = get_pool(cluster, namespace, "theirs")
     assert "status" not in theirs and not theirs["metadata"].get("finalizers") and replicas(cluster, namespace, "theirs") is None
     assert not decided("theirs")
@@ -425,6 +434,8 @@ def test_a_shards_operator_is_sent_only_its_shards_pools(cluster, namespace, ope
     cluster.wait_until(lambda: get_pool(cluster, namespace, "theirs").get("status", {}).get("desiredReplicas") == 2,
                        timeout=60, desc="a pool relabelled into the shard decided")
     assert replicas(cluster, namespace, "theirs") == 2
+    cluster.wait_until(lambda: arrival("theirs") is not None, timeout=60, desc="its series read once it joined")
+    assert arrival("theirs") == pytest.approx(rates["theirs"], rel=0.15)
 
     relabel("mine", "1")
     time.sleep(2 * INTERVAL)  # a round already running may still decide it
