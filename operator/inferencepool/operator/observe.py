@@ -90,13 +90,13 @@ MIN_SCRAPES = 4  # samples a rate window must hold (Prometheus' own advice: >= 4
 SPACING_WINDOW = "5m"
 
 
-def spacing_query(settings: QuerySettings, matchers: str = "", window: str = SPACING_WINDOW) -> str:
+def spacing_query(settings: QuerySettings, matchers: str = "", window: str = SPACING_WINDOW, scope: str = "") -> str:
     """The shortest sample spacing of any pool series that is older than the window, in seconds.
 
     Only series that already had a sample a whole window ago count (`and ... offset`), so a young
     series' few samples do not read as a slow scrape; the shortest spacing is the cluster's interval.
     """
-    sel = _selector(settings, matchers)
+    sel = _selector(settings, matchers, scope)
     w = window
     counts = either(lambda p: f"count_over_time({p}num_requests_running{sel}[{w}]) and {p}num_requests_running{sel} offset {w}")
     return f"min({parse_duration(w):g} / {counts})"
@@ -157,9 +157,9 @@ def either(expression: Callable[[str], str]) -> str:
     return "(" + " or ".join(expression(prefix) for prefix in SPELLINGS) + ")"
 
 
-def _selector(settings: QuerySettings, matchers: str) -> str:
+def _selector(settings: QuerySettings, matchers: str, scope: str = "") -> str:
     extra = matchers.strip().strip(",")
-    return "{" + ", ".join(m for m in (f'{settings.pool_label}!=""', extra) if m) + "}"
+    return "{" + ", ".join(m for m in (f'{settings.pool_label}!=""', extra, scope) if m) + "}"
 
 
 def scope_matcher(settings: QuerySettings, pools: Iterable[PoolKey]) -> str:
@@ -176,7 +176,7 @@ def queries(settings: QuerySettings, matchers: str = "", scope: str = "") -> dic
     s = settings
     by = f"{s.namespace_label}, {s.pool_label}"
     extra = matchers.strip().strip(",")
-    sel = _selector(s, ", ".join(m for m in (extra, scope) if m))
+    sel = _selector(s, matchers, scope)
     w = s.rate_window
 
     def over(function: str, metric: str, window: str = w, extra_by: str = "") -> str:
@@ -950,8 +950,7 @@ class PrometheusReader:
             return answer
         only = scope_matcher(self.settings, scope) if scope else ""
         try:
-            spacing_matchers = ", ".join(m for m in (matchers.strip().strip(","), only) if m)
-            spacing = min(parse_vector(ask("scrape_spacing", spacing_query(self.settings, spacing_matchers)),
+            spacing = min(parse_vector(ask("scrape_spacing", spacing_query(self.settings, matchers, scope=only)),
                                        self.settings).values(), default=None)
             settings, interval, note = windows_for(self.settings, spacing)
             digests = {name: digest(name, ask(name, promql), settings)

@@ -144,11 +144,11 @@ def build(args: argparse.Namespace, watch: bool = True):
     )
     budgets = budget.BudgetBook()
     operator = handlers.Operator(config, reader, handlers.Kube(_api_client()), metrics, budgets=budgets)
-    if getattr(args, "selector", None):
+    selector = getattr(args, "selector", None)
+    if selector:
         reader.scope = operator.shard_pools  # a shard reads its own pools' series, not every shard's
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)  # the same credentials as the kubernetes client
-    selector = getattr(args, "selector", None)
     handlers.register(registry, operator, config.interval, selector, watch,
                       initial_delay=config.interval if args.peering else None)
     budget.register(registry, budget.BudgetHandlers(budgets), config.interval, selector)
